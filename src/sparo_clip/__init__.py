@@ -1,0 +1,33 @@
+"""sparo-clip: SPARO (separate-head attention read-out, Vani et al., ECCV 2024) for OpenCLIP.
+
+Importing this package registers the SPARO model configs into OpenCLIP's model zoo and installs the
+one hook that lets ``open_clip.create_model*`` build :class:`SparoCLIP` for them::
+
+    import open_clip, sparo_clip
+    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32-SPARO", pretrained="epoch_25.pt")
+"""
+
+from .config import SparoCfg
+from .factory import create_model, create_model_and_transforms, deep_merge, resolve_model_config, save_pretrained
+from .model import SparoCLIP
+from .readout import SparoReadout, normalize_slots, select_slots
+from .registry import install_factory_hook, register_configs, sparo_model_names
+
+__version__ = "0.1.0"
+
+install_factory_hook()
+register_configs()
+
+__all__ = [
+    "SparoCfg",
+    "SparoCLIP",
+    "SparoReadout",
+    "create_model",
+    "create_model_and_transforms",
+    "deep_merge",
+    "normalize_slots",
+    "resolve_model_config",
+    "save_pretrained",
+    "select_slots",
+    "sparo_model_names",
+]

@@ -1,0 +1,40 @@
+"""The ``sparo-clip`` command: one sub-command per capability, each a module with ``main(argv)``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# sub-command -> (module with main(argv), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("sparo_clip.train", "train with open_clip_train's loop (accepts all its flags)"),
+    "eval": ("sparo_clip.eval.cli", "evaluate: zeroshot | retrieval | sugarcrepe"),
+    "select-slots": ("sparo_clip.eval.select", "search a subset of slots that maximises a metric"),
+    "viz": ("sparo_clip.viz", "slot attention pictures"),
+    "make-data": ("sparo_clip.data.shapes", "generate the synthetic shapes world"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: sparo-clip <command> [options]", "", "commands:"]
+    lines += [f"  {name:<14}{help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run 'sparo-clip <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"sparo-clip: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    result = module.main(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
