@@ -99,7 +99,10 @@ def test_slot_selection_in_encoders(test_model, batch):
 
 def test_every_parameter_gets_a_gradient(batch):
     images, text = batch
-    for override in ({}, {"sparo_cfg": {"share_kv": False, "share_queries": True, "slot_norm": "sem:softmax"}}):
+    for override in (
+        {},
+        {"sparo_cfg": {"share_kv": False, "share_queries": True, "slot_norm": "sem:softmax"}},
+    ):
         m = sparo_clip.create_model("test-SPARO", override_config=override)
         img, txt, scale = m(images, text)
         ClipLoss()(img, txt, scale).backward()

@@ -8,10 +8,16 @@ one hook that lets ``open_clip.create_model*`` build :class:`SparoCLIP` for them
 """
 
 from .config import SparoCfg
-from .factory import create_model, create_model_and_transforms, deep_merge, resolve_model_config, save_pretrained
+from .factory import (
+    create_model,
+    create_model_and_transforms,
+    deep_merge,
+    resolve_model_config,
+    save_pretrained,
+)
 from .model import SparoCLIP
 from .readout import SparoReadout, normalize_slots, select_slots
-from .registry import install_factory_hook, register_configs, sparo_model_names
+from .registry import install_factory_hook, register_configs, register_model_builder, sparo_model_names
 
 __version__ = "0.1.0"
 
@@ -26,6 +32,7 @@ __all__ = [
     "create_model_and_transforms",
     "deep_merge",
     "normalize_slots",
+    "register_model_builder",
     "resolve_model_config",
     "save_pretrained",
     "select_slots",

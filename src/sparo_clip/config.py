@@ -63,7 +63,11 @@ class SparoCfg:
                 raise ValueError(
                     f"sparo_cfg.{name}={value!r} is not valid: expected a positive integer or null (default)"
                 )
-        if not isinstance(self.reduce_depth, int) or isinstance(self.reduce_depth, bool) or self.reduce_depth < 0:
+        if (
+            not isinstance(self.reduce_depth, int)
+            or isinstance(self.reduce_depth, bool)
+            or self.reduce_depth < 0
+        ):
             raise ValueError(
                 f"sparo_cfg.reduce_depth={self.reduce_depth!r} is not valid: expected an integer >= 0"
             )

@@ -49,7 +49,9 @@ def _override_kwargs(model_name: str, override_config: dict[str, Any] | None) ->
 
 def create_model(model_name: str, *args: Any, override_config: dict[str, Any] | None = None, **kwargs: Any):
     """``open_clip.create_model`` with ``override_config`` deep-merged into the model config."""
-    return open_clip.create_model(model_name, *args, **kwargs, **_override_kwargs(model_name, override_config))
+    return open_clip.create_model(
+        model_name, *args, **kwargs, **_override_kwargs(model_name, override_config)
+    )
 
 
 def create_model_and_transforms(
@@ -65,7 +67,9 @@ def create_model_and_transforms(
     return open_clip.create_model_and_transforms(model_name, *args, **kwargs, **extra)
 
 
-def save_pretrained(model: torch.nn.Module, out_dir: str | Path, model_cfg: dict[str, Any] | None = None) -> Path:
+def save_pretrained(
+    model: torch.nn.Module, out_dir: str | Path, model_cfg: dict[str, Any] | None = None
+) -> Path:
     """Write ``open_clip_config.json`` (model + preprocess config) and the weights into ``out_dir``.
 
     The folder loads with ``open_clip.create_model_and_transforms('local-dir:' + out_dir)``.

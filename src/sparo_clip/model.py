@@ -51,18 +51,24 @@ def sparo_tower_cfgs(
     v = _checked_cfg(CLIPVisionCfg, vision_cfg, "vision_cfg")
     t = _checked_cfg(CLIPTextCfg, text_cfg, "text_cfg")
     if v.timm_model_name or isinstance(v.layers, (list, tuple)):
-        kind = f"timm model {v.timm_model_name!r}" if v.timm_model_name else "ModifiedResNet (layers is a list)"
+        kind = (
+            f"timm model {v.timm_model_name!r}" if v.timm_model_name else "ModifiedResNet (layers is a list)"
+        )
         raise NotImplementedError(
             f"SPARO reads the token sequence of an OpenCLIP VisionTransformer; the vision tower here is a {kind}"
         )
     if v.attentional_pool:
-        raise NotImplementedError("SPARO replaces the vision pooling; vision_cfg.attentional_pool must be false")
+        raise NotImplementedError(
+            "SPARO replaces the vision pooling; vision_cfg.attentional_pool must be false"
+        )
     if t.hf_model_name:
         raise NotImplementedError(
             f"SPARO reads OpenCLIP's TextTransformer; Hugging Face text towers ({t.hf_model_name!r}) are not supported"
         )
     if t.embed_cls:
-        raise NotImplementedError("SPARO text read-out does not support text_cfg.embed_cls (CoCa-style towers)")
+        raise NotImplementedError(
+            "SPARO text read-out does not support text_cfg.embed_cls (CoCa-style towers)"
+        )
     if t.pool_type not in ("argmax", "eos"):
         raise ValueError(
             f"text_cfg.pool_type={t.pool_type!r}: SPARO finds end-of-text with 'argmax' (OpenAI tokenizer) or "

@@ -204,4 +204,3 @@ def select_slots(slots: torch.Tensor, selection: torch.Tensor | list[int] | tupl
     kept = slots * keep[None, :, None].to(slots.dtype)
     norm = kept.flatten(1).norm(dim=-1).clamp_min(1e-12)
     return kept / norm[:, None, None]
-

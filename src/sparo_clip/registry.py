@@ -2,14 +2,17 @@
 
 OpenCLIP's ``create_model`` picks its model class from ``CLIP`` / ``CustomTextCLIP`` / ``CoCa`` and calls
 ``model_class(**model_cfg)``. The hook replaces the ``CLIP`` and ``CustomTextCLIP`` names inside
-``open_clip.factory`` with a dispatcher that builds :class:`SparoCLIP` when the config has a
-``sparo_cfg`` and the original class otherwise. Everything else goes through OpenCLIP's public API.
+``open_clip.factory`` with a dispatcher: a config holding one of the keys in :data:`MODEL_BUILDERS`
+(``sparo_cfg`` -> :class:`SparoCLIP`) is built by that builder, any other config by the original class.
+The choice comes from config fields, never from the model's name. Everything else goes through
+OpenCLIP's public API.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import open_clip
@@ -22,15 +25,24 @@ CONFIG_DIR = Path(__file__).parent / "model_configs"
 _HOOK_ATTR = "_sparo_clip_hook"
 _logger = logging.getLogger(__name__)
 
+# top-level model-config key -> model class built for configs that hold it
+MODEL_BUILDERS: dict[str, Callable[..., Any]] = {"sparo_cfg": SparoCLIP}
+
+
+def register_model_builder(config_key: str, builder: Callable[..., Any]) -> None:
+    """Build configs that hold ``config_key`` with ``builder`` (called with the whole model config)."""
+    MODEL_BUILDERS[config_key] = builder
+
 
 def _make_dispatch(original: type) -> Any:
     def build(*args: Any, **kwargs: Any) -> Any:
-        if "sparo_cfg" in kwargs:
-            return SparoCLIP(*args, **kwargs)
+        for key, builder in MODEL_BUILDERS.items():
+            if key in kwargs:
+                return builder(*args, **kwargs)
         return original(*args, **kwargs)
 
     build.__name__ = build.__qualname__ = original.__name__
-    build.__doc__ = f"{original.__name__}, or SparoCLIP for configs with a 'sparo_cfg' (sparo_clip hook)."
+    build.__doc__ = f"{original.__name__}, or the sparo_clip builder named by a config key (sparo_clip hook)."
     setattr(build, _HOOK_ATTR, original)
     return build
 
