@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "select-slots": ("sparo_clip.eval.select", "search a subset of slots that maximises a metric"),
     "viz": ("sparo_clip.viz", "slot attention pictures"),
     "make-data": ("sparo_clip.data.shapes", "generate the synthetic shapes world"),
+    "parity": ("sparo_clip.parity", "build a parameter-matched SPARO config from an OpenCLIP ViT config"),
 }
 
 
