@@ -1,0 +1,71 @@
+"""``python -m sparo_clip.benchmark ...``: CLIP_benchmark's own CLI with the SPARO models registered.
+
+CLIP_benchmark's ``clip_benchmark`` console script never imports sparo_clip, so OpenCLIP's model registry
+there lacks the SPARO configs. This entry point imports sparo_clip first, then hands every argument to
+``clip_benchmark.cli.main`` unchanged::
+
+    python -m sparo_clip.benchmark eval --model ViT-B-32-SPARO --pretrained epoch_25.pt \\
+        --dataset wds/imagenet1k --dataset_root /data/wds_imagenet1k --output result.json
+
+Needs the ``bench`` extra (``pip install 'sparo-clip[bench]'``): clip_benchmark 1.6.2, the ``requests`` it
+imports without declaring it, and ``numpy<2.4``: CLIP_benchmark 1.6.2's top-k accuracy helper converts a
+one-element array with ``float()``, which numpy 2.4 rejects (zero-shot classification and linear probes
+fail; a warning says so before the run when such a numpy is installed anyway).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def accuracy_helper_works() -> bool:
+    """Whether CLIP_benchmark's top-k accuracy helper runs on the installed numpy."""
+    from clip_benchmark.metrics import zeroshot_classification
+
+    try:
+        zeroshot_classification.accuracy(torch.eye(2), torch.arange(2), topk=(1,))
+    except TypeError:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``clip_benchmark`` with ``argv`` (default: ``sys.argv[1:]``) after registering the SPARO configs."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        import clip_benchmark.cli as clip_benchmark_cli
+    except ImportError as e:
+        print(
+            f"sparo_clip.benchmark: CLIP_benchmark is not importable ({e}); install it with: pip install 'sparo-clip[bench]'",
+            file=sys.stderr,
+        )
+        return 2
+    import sparo_clip  # noqa: F401  (registers the SPARO configs in this process)
+
+    if not accuracy_helper_works():
+        import numpy
+
+        logger.warning(
+            "CLIP_benchmark's accuracy helper fails on numpy %s: zero-shot classification and linear probes "
+            "will raise TypeError; install the bench extra's pin: pip install 'numpy<2.4'",
+            numpy.__version__,
+        )
+    saved = sys.argv
+    sys.argv = ["clip_benchmark", *argv]  # its parser reads sys.argv
+    try:
+        clip_benchmark_cli.main()
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = saved
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    sys.exit(main())

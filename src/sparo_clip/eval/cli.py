@@ -1,0 +1,68 @@
+"""``sparo-clip eval zeroshot | retrieval | sugarcrepe``: evaluate any OpenCLIP model, JSON results."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from .common import (
+    EvalError,
+    common_parser,
+    data_info,
+    load_context,
+    parse_slots,
+    run_info,
+    slot_mask,
+    write_results,
+)
+from .tasks import HELP, TASKS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparo-clip eval", description="Evaluate a SPARO or any OpenCLIP model; results as JSON."
+    )
+    sub = parser.add_subparsers(dest="task", required=True, metavar="{" + ",".join(TASKS) + "}")
+    parent = common_parser(with_slots=True)
+    for name, module in TASKS.items():
+        task_parser = sub.add_parser(name, parents=[parent], help=HELP[name], description=HELP[name])
+        module.add_data_args(task_parser)
+    return parser
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Check the data, load the model, encode, and score with the selected slots."""
+    module = TASKS[args.task]
+    data = module.prepare(args)  # layout errors before the model is loaded
+    ctx = load_context(args)
+    slots = parse_slots(args.slots, ctx.num_slots, ctx.is_sparo)
+    caches = module.encode(ctx, data)
+    mask = slot_mask(slots, ctx.num_slots)
+    metrics = {name: cache.to(ctx.device).metrics(mask) for name, cache in caches.items()}
+    if args.task != "zeroshot":  # one dataset: no per-dataset level
+        (metrics,) = metrics.values()
+    return {"task": args.task} | run_info(args, ctx, slots) | {"data": data_info(args), "metrics": metrics}
+
+
+def setup_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        result = evaluate(args)
+    except EvalError as e:
+        print(f"sparo-clip eval {args.task}: error: {e}", file=sys.stderr)
+        return 2
+    write_results(result, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""python -m sparo_clip.benchmark: CLIP_benchmark's CLI with the SPARO configs registered."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from sparo_clip import benchmark
+
+from .eval_helpers import MODEL, Reference, png_bytes, save_checkpoint, write_lines, write_tar
+
+needs_clip_benchmark = pytest.mark.skipif(
+    importlib.util.find_spec("clip_benchmark") is None,
+    reason="clip_benchmark is not installed (pip install 'sparo-clip[bench]')",
+)
+NAMES = ["apple", "banana", "cherry", "plum", "kiwi", "lime"]
+TEMPLATES = ["a photo of a {c}.", "{c}"]
+
+
+@needs_clip_benchmark
+def test_accuracy_helper_check_follows_numpy_version():
+    broken = tuple(int(x) for x in np.__version__.split(".")[:2]) >= (2, 4)
+    assert benchmark.accuracy_helper_works() is not broken  # the documented numpy 2.4 failure
+
+
+@needs_clip_benchmark
+def test_clip_benchmark_cli_evaluates_a_sparo_checkpoint(tmp_path):
+    """CLIP_benchmark's local webdataset layout: classnames, templates, test/nshards.txt, test/0.tar."""
+    root = tmp_path / "toy"
+    (root / "test").mkdir(parents=True)
+    write_lines(root / "classnames.txt", NAMES)
+    write_lines(root / "zeroshot_classification_templates.txt", TEMPLATES)
+    (root / "test" / "nshards.txt").write_text("1\n")
+    labels = [i % len(NAMES) for i in range(18)]
+    samples = [
+        (f"s{i:03d}", {"png": png_bytes(300 + i), "cls": str(y).encode()}) for i, y in enumerate(labels)
+    ]
+    write_tar(root / "test" / "0.tar", samples)
+    ckpt = save_checkpoint(tmp_path / "sparo.pt")
+    out = tmp_path / "result.json"
+    argv = [
+        "eval",
+        "--model",
+        MODEL,
+        "--pretrained",
+        str(ckpt),
+        "--dataset",
+        "wds/toy",
+        "--dataset_root",
+        str(root),
+    ]
+    rc = benchmark.main([*argv, "--output", str(out), "--num_workers", "0", "--batch_size", "8", "--no_amp"])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    ref = Reference(ckpt)
+    for i in range(18):
+        (tmp_path / f"{i}.png").write_bytes(png_bytes(300 + i))
+    logits = ref.images([tmp_path / f"{i}.png" for i in range(18)]) @ ref.classifier(NAMES, TEMPLATES).T
+    pred, y = logits.argmax(1), np.array(labels)
+    assert result["model"] == MODEL and result["task"] == "zeroshot_classification"
+    assert result["metrics"]["acc1"] == pytest.approx(np.mean(pred == y))
+    assert result["metrics"]["acc5"] == pytest.approx(
+        np.mean((np.argsort(-logits, 1)[:, :5] == y[:, None]).any(1))
+    )
+    recall = np.mean([np.mean(pred[y == c] == c) for c in range(len(NAMES))])
+    assert result["metrics"]["mean_per_class_recall"] == pytest.approx(recall)
+
+
+def test_missing_clip_benchmark_is_reported(monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_clip_benchmark(name, *args, **kwargs):
+        if name.startswith("clip_benchmark"):
+            raise ImportError("No module named 'clip_benchmark'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_clip_benchmark)
+    assert benchmark.main(["eval"]) == 2
+    assert "pip install 'sparo-clip[bench]'" in capsys.readouterr().err
