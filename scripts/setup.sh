@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
-stamp_src=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+stamp_src=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -x "$VENV/bin/python" ] && [ -f "$VENV/.sparo-stamp" ] && [ "$(cat "$VENV/.sparo-stamp")" = "$stamp_src" ]; then
   exit 0
 fi

@@ -76,8 +76,13 @@ class SparoReadout(nn.Module):
         s_l = Wo (a_l v) + bo             (Wo shared by all slots)
 
     The fused path uses ``scaled_dot_product_attention``; the explicit path (``return_attn=True``)
-    computes the same in fp32 and also returns the attention weights.
+    computes the same in fp32 and also returns the attention weights. The fused path folds the key
+    projection into the queries when that costs fewer multiply-adds (always for ``heads == num_slots``):
+    ``q_l . (Wk_h x + bk_h) = (Wk_h^T q_l) . x + const``, and with weights summing to one the values
+    need projecting only once per slot, after pooling. ``pool_first`` (None: by cost) forces either form.
     """
+
+    pool_first: bool | None = None
 
     def __init__(
         self,
@@ -118,6 +123,44 @@ class SparoReadout(nn.Module):
         self.out.reset_parameters()
         nn.init.zeros_(self.out.bias)
 
+    def _pools_first(self, num_tokens: int, in_dim: int) -> bool:
+        """Whether attending over the tokens themselves costs fewer multiply-adds than projecting them."""
+        if self.pool_first is not None:
+            return self.pool_first
+        L, n = self.num_slots, num_tokens
+        kv_width = self.heads * (self.attn_dim + (0 if self.value is None else self.value_dim))
+        projected = n * in_dim * kv_width + L * n * (self.attn_dim + self.value_dim)
+        pooled = 2 * L * n * in_dim + L * in_dim * self.value_dim
+        return pooled < projected
+
+    def _attend_pooled(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """Fused attention without projected keys or values: (B, L, dv), slot order h-major.
+
+        Slot l of head h scores token x with ``(Wk_h^T q_l) . x + q_l . bk_h``. The bias term shifts all
+        of the slot's scores equally, which softmax ignores: with ``share_kv`` it is left out (the bias
+        still acts through the values); a separate key bias is passed as the additive mask, so it keeps
+        its (zero) gradient as in the equations. As the weights sum to one, the slot's output
+        ``sum_n a_n (Wv_h x_n + bv_h)`` is ``Wv_h (sum_n a_n x_n) + bv_h``: one attention head of width D
+        pools the tokens, then each slot projects its pooled token.
+        """
+        B, N, D = x.shape
+        L, H, d = self.num_slots, self.heads, self.attn_dim
+        wk = self.key.weight.view(H, d, D)
+        u = torch.einsum("hjd,hdD->hjD", self.query.to(wk.dtype), wk)  # (H, L/H, D)
+        u = u.reshape(1, 1, L, D).to(x.dtype).expand(B, -1, -1, -1)  # (B, 1, L, D)
+        xs = x.unsqueeze(1)  # (B, 1, N, D): the tokens are the keys and the values
+        mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, N)
+        if self.value is not None:
+            shift = (self.query * self.key.bias.view(H, 1, d)).sum(-1) * d**-0.5  # (H, L/H)
+            shift = shift.reshape(1, 1, L, 1).to(x.dtype)
+            mask = shift if mask is None else shift.masked_fill(~mask, float("-inf"))  # (B, 1, L, N)
+        pooled = F.scaled_dot_product_attention(u, xs, xs, attn_mask=mask, scale=d**-0.5)  # (B, 1, L, D)
+        value = self.key if self.value is None else self.value
+        wv = value.weight.view(H, self.value_dim, D)
+        o = torch.einsum("bhjD,hvD->bhjv", pooled.view(B, H, L // H, D), wv)  # (B, H, L/H, dv)
+        o = o + value.bias.view(H, 1, self.value_dim)
+        return o.reshape(B, L, self.value_dim)
+
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, N, _ = x.shape
         k = self.key(x).view(B, N, self.heads, self.attn_dim).transpose(1, 2)  # (B, H, N, d)
@@ -139,7 +182,9 @@ class SparoReadout(nn.Module):
             key_mask: (B, N) bool, True where a token may be attended. Every row needs a True.
             return_attn: take the explicit path and return the attention weights.
         """
-        B, N, _ = x.shape
+        B, N, D = x.shape
+        if not return_attn and self._pools_first(N, D):
+            return self.out(self._attend_pooled(x, key_mask)), None
         k, v = self._project(x)
         q = self.query.to(k.dtype)
         mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, N)
