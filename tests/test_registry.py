@@ -69,3 +69,8 @@ def test_config_files_are_valid_json():
     for f in registry.CONFIG_DIR.glob("*.json"):
         cfg = json.loads(f.read_text())
         assert {"embed_dim", "vision_cfg", "text_cfg"} <= set(cfg), f.name
+
+
+def test_config_mixing_model_kinds_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"belong to different models"):
+        sparo_clip.create_model("test-SPARO", override_config={"bottleneck_cfg": {"bottleneck_dim": 32}})

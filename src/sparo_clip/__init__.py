@@ -7,6 +7,7 @@ one hook that lets ``open_clip.create_model*`` build :class:`SparoCLIP` for them
     model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32-SPARO", pretrained="epoch_25.pt")
 """
 
+from . import baselines  # noqa: F401  (registers the baseline model builders)
 from .config import SparoCfg
 from .factory import (
     create_model,
@@ -16,6 +17,7 @@ from .factory import (
     save_pretrained,
 )
 from .model import SparoCLIP
+from .parity import parity_config
 from .readout import SparoReadout, normalize_slots, select_slots
 from .registry import install_factory_hook, register_configs, register_model_builder, sparo_model_names
 
@@ -32,6 +34,7 @@ __all__ = [
     "create_model_and_transforms",
     "deep_merge",
     "normalize_slots",
+    "parity_config",
     "register_model_builder",
     "resolve_model_config",
     "save_pretrained",

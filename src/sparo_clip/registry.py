@@ -11,8 +11,8 @@ OpenCLIP's public API.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import open_clip
@@ -36,10 +36,14 @@ def register_model_builder(config_key: str, builder: Callable[..., Any]) -> None
 
 def _make_dispatch(original: type) -> Any:
     def build(*args: Any, **kwargs: Any) -> Any:
-        for key, builder in MODEL_BUILDERS.items():
-            if key in kwargs:
-                return builder(*args, **kwargs)
-        return original(*args, **kwargs)
+        keys = [key for key in MODEL_BUILDERS if key in kwargs]
+        builders = {MODEL_BUILDERS[key] for key in keys}
+        if len(builders) > 1:
+            raise ValueError(
+                f"the model config holds {keys}, which belong to different models "
+                f"({sorted(b.__name__ for b in builders)}): use one of them"
+            )
+        return builders.pop()(*args, **kwargs) if builders else original(*args, **kwargs)
 
     build.__name__ = build.__qualname__ = original.__name__
     build.__doc__ = f"{original.__name__}, or the sparo_clip builder named by a config key (sparo_clip hook)."

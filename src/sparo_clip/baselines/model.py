@@ -1,0 +1,232 @@
+"""BaselineCLIP: OpenCLIP towers with the read-outs SPARO is compared against.
+
+One class serves three config keys, which combine (codebook and text pooling both replace the text pooling,
+so they exclude each other):
+
+- ``bottleneck_cfg``: the towers project to ``bottleneck_dim``, then ``Linear(bottleneck_dim, embed_dim)``.
+- ``codebook_cfg``: FDT codebook read-out in both towers over one shared codebook
+  (vision: patch tokens without CLS and without ``ln_post``; text: the positions up to end-of-text,
+  without ``ln_final``).
+- ``text_pool_cfg``: the text tower pools with attention over the positions up to end-of-text, then
+  ``ln_final`` and its projection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
+from open_clip.transformer import TextTransformer
+from torch import nn
+
+from ..model import _as_dict, _checked_cfg
+from .config import BottleneckCfg, CodebookCfg, TextPoolCfg, parse_cfg
+from .layers import CodebookPool, MaskedAttentionalPooler
+
+BASELINE_KEYS = ("bottleneck_cfg", "codebook_cfg", "text_pool_cfg")
+
+
+def eot_key_mask(text: torch.Tensor, eos_id: int | None = None) -> torch.Tensor:
+    """(B, N) bool: True up to and including each caption's end-of-text token.
+
+    End-of-text is ``text.argmax(-1)`` (OpenAI tokenizer), or the first ``eos_id`` when given.
+    """
+    eot = text.argmax(dim=-1) if eos_id is None else (text == eos_id).int().argmax(dim=-1)
+    return torch.arange(text.shape[1], device=text.device)[None, :] <= eot[:, None]
+
+
+def text_hidden_states(tower: TextTransformer, text: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """Tokens of an OpenCLIP ``TextTransformer`` before ``ln_final``: (B, n, width).
+
+    A causal tower runs only up to the longest caption (``n <= context``): later positions cannot change
+    earlier ones, and the callers mask them, so the result is the same as the full computation.
+    """
+    if tower.attn_mask is not None:
+        text = text[:, : int(key_mask.sum(dim=1).max())]
+    n = text.shape[1]
+    x, attn_mask = tower._embeds(text)
+    if attn_mask is not None:
+        attn_mask = attn_mask[..., :n, :n]
+    return tower.transformer(x, attn_mask=attn_mask)
+
+
+def _check_token_towers(vision_cfg: dict[str, Any], text_cfg: dict[str, Any], need_vision: bool) -> None:
+    """Codebook and text pooling read token sequences of OpenCLIP's ViT / TextTransformer."""
+    v = _checked_cfg(CLIPVisionCfg, vision_cfg, "vision_cfg")
+    t = _checked_cfg(CLIPTextCfg, text_cfg, "text_cfg")
+    if need_vision and (v.timm_model_name or isinstance(v.layers, (list, tuple)) or v.attentional_pool):
+        raise NotImplementedError(
+            "codebook_cfg reads the patch tokens of an OpenCLIP VisionTransformer without attentional_pool; "
+            "timm and ModifiedResNet towers are not supported"
+        )
+    if t.hf_model_name or t.embed_cls:
+        raise NotImplementedError(
+            "codebook_cfg / text_pool_cfg read OpenCLIP's TextTransformer; Hugging Face and CoCa-style "
+            "(embed_cls) text towers are not supported"
+        )
+    if t.pool_type not in ("argmax", "eos"):
+        raise ValueError(
+            f"text_cfg.pool_type={t.pool_type!r}: codebook_cfg / text_pool_cfg find end-of-text with "
+            "'argmax' (OpenAI tokenizer) or 'eos' (text_cfg.eos_id); allowed: ['argmax', 'eos']"
+        )
+
+
+def _project(tower: TextTransformer, pooled: torch.Tensor) -> torch.Tensor:
+    proj = tower.text_projection
+    if proj is None:
+        return pooled
+    return proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
+
+
+class BaselineCLIP(CustomTextCLIP):
+    """CLIP with a bottleneck, an FDT codebook read-out and/or attentional text pooling (see module doc).
+
+    The towers are built by OpenCLIP's own builders (via ``CustomTextCLIP``); ``forward`` keeps OpenCLIP's
+    contract, so its losses, training loop, zero-shot evaluation and checkpoints work unchanged.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        vision_cfg: dict[str, Any] | CLIPVisionCfg,
+        text_cfg: dict[str, Any] | CLIPTextCfg,
+        bottleneck_cfg: dict[str, Any] | BottleneckCfg | None = None,
+        codebook_cfg: dict[str, Any] | CodebookCfg | None = None,
+        text_pool_cfg: dict[str, Any] | TextPoolCfg | None = None,
+        quick_gelu: bool = False,
+        init_logit_scale: float = np.log(1 / 0.07),
+        init_logit_bias: float | None = None,
+        nonscalar_logit_scale: bool = False,
+        cast_dtype: torch.dtype | None = None,
+        output_dict: bool = False,
+    ) -> None:
+        bottleneck = parse_cfg(BottleneckCfg, bottleneck_cfg, "bottleneck_cfg")
+        codebook = parse_cfg(CodebookCfg, codebook_cfg, "codebook_cfg")
+        text_pool = parse_cfg(TextPoolCfg, text_pool_cfg, "text_pool_cfg")
+        if codebook is not None and text_pool is not None:
+            raise ValueError(
+                "codebook_cfg and text_pool_cfg both replace the text pooling: set only one of them"
+            )
+        vision_dict, text_dict = _as_dict(vision_cfg), _as_dict(text_cfg)
+        if codebook is not None or text_pool is not None:
+            _check_token_towers(vision_dict, text_dict, need_vision=codebook is not None)
+        head_dim = bottleneck.bottleneck_dim if bottleneck is not None else embed_dim
+        super().__init__(
+            embed_dim=head_dim,
+            vision_cfg=vision_dict,
+            text_cfg=text_dict,
+            quick_gelu=quick_gelu,
+            init_logit_scale=init_logit_scale,
+            init_logit_bias=init_logit_bias,
+            nonscalar_logit_scale=nonscalar_logit_scale,
+            cast_dtype=cast_dtype,
+            output_dict=output_dict,
+        )
+        self.embed_dim = embed_dim
+        self.bottleneck_cfg, self.codebook_cfg, self.text_pool_cfg = bottleneck, codebook, text_pool
+        tcfg = CLIPTextCfg(**text_dict)
+        self._eos_id = tcfg.eos_id if tcfg.pool_type == "eos" else None
+
+        self.codebook = self.image_codebook = self.text_codebook = None
+        if codebook is not None:
+            self.codebook = nn.Parameter(torch.randn(codebook.num_codes, head_dim))  # (K, C)
+            self.image_codebook = CodebookPool(self.visual.transformer.width, head_dim, codebook.temperature)
+            self.text_codebook = CodebookPool(self.text.width, head_dim, codebook.temperature)
+            self.visual.ln_post, self.visual.proj = nn.Identity(), None  # tokens are read before ln_post
+            self.text.ln_final, self.text.text_projection = nn.Identity(), None
+        self.text_pool = None
+        if text_pool is not None:
+            heads = text_pool.heads if text_pool.heads is not None else self.text.heads
+            if self.text.width % heads:
+                raise ValueError(
+                    f"text_pool_cfg.heads={heads} must divide the text width {self.text.width}: allowed "
+                    f"{[h for h in range(1, self.text.width + 1) if self.text.width % h == 0]}"
+                )
+            self.text_pool = MaskedAttentionalPooler(self.text.width, self.text.width, heads, n_queries=1)
+        self.image_bottleneck = self.text_bottleneck = None
+        if bottleneck is not None:
+            self.image_bottleneck = nn.Linear(head_dim, embed_dim, bias=bottleneck.bias)
+            self.text_bottleneck = nn.Linear(head_dim, embed_dim, bias=bottleneck.bias)
+
+    # ----------------------------------------------------------------------------------- encoders
+    def _finish(self, features: torch.Tensor, bottleneck: nn.Module | None, normalize: bool) -> torch.Tensor:
+        if bottleneck is not None:
+            features = bottleneck(features)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Image features (B, embed_dim)."""
+        if self.image_codebook is None:
+            return self._finish(self.visual(image), self.image_bottleneck, normalize)
+        x = self.visual.transformer(self.visual._embeds(image))  # (B, 1 + patches, width), no ln_post
+        features = self.image_codebook(x[:, 1:], self.codebook)  # patch tokens only
+        return self._finish(features, self.image_bottleneck, normalize)
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Text features (B, embed_dim)."""
+        if self.text_codebook is None and self.text_pool is None:
+            return self._finish(self.text(text), self.text_bottleneck, normalize)
+        key_mask = eot_key_mask(text, self._eos_id)
+        x = text_hidden_states(self.text, text, key_mask)  # (B, n, width), no ln_final
+        key_mask = key_mask[:, : x.shape[1]]
+        if self.text_codebook is not None:
+            features = self.text_codebook(x, self.codebook, key_mask=key_mask)
+        else:
+            pooled = self.text_pool(x, key_mask=key_mask)[:, 0]  # (B, width)
+            features = _project(self.text, self.text.ln_final(pooled))
+        return self._finish(features, self.text_bottleneck, normalize)
+
+    def forward_intermediates(
+        self,
+        image: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+        normalize: bool = True,
+        intermediates_only: bool = False,
+        output_logits: bool = False,
+        output_logit_scale_bias: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """OpenCLIP's ``forward_intermediates``, with this model's read-outs for the final features."""
+        output = super().forward_intermediates(image=image, text=text, intermediates_only=True, **kwargs)
+        if intermediates_only:
+            return output
+        if image is not None:
+            output["image_features"] = self.encode_image(image, normalize=normalize)
+        if text is not None:
+            output["text_features"] = self.encode_text(text, normalize=normalize)
+        scale = self.logit_scale.exp()
+        if output_logits:
+            logits = scale * output["image_features"] @ output["text_features"].T
+            if self.logit_bias is not None:
+                logits = logits + self.logit_bias
+            output["image_logits"], output["text_logits"] = logits, logits.T
+        if output_logit_scale_bias:
+            output["logit_scale"] = scale
+            if self.logit_bias is not None:
+                output["logit_bias"] = self.logit_bias
+        return output
+
+    # ----------------------------------------------------------------------------------- locking
+    def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
+        """LiT-style lock of the tower and its read-out head (the shared codebook stays trainable)."""
+        removed_proj = getattr(self.visual, "proj", 0) is None
+        if removed_proj:  # VisionTransformer.lock lists `proj` as its last group
+            self.visual.proj = nn.Parameter(torch.empty(0))
+        try:
+            self.visual.lock(unlocked_groups=unlocked_groups, freeze_bn_stats=freeze_bn_stats)
+        finally:
+            if removed_proj:
+                self.visual.proj = None
+        for head in (self.image_codebook, self.image_bottleneck):
+            if head is not None:
+                head.requires_grad_(unlocked_groups > 0)
+
+    def lock_text_tower(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
+        """Lock the text tower and its read-out head (the shared codebook stays trainable)."""
+        self.text.lock(unlocked_layers, freeze_layer_norm)
+        for head in (self.text_pool, self.text_codebook, self.text_bottleneck):
+            if head is not None:
+                head.requires_grad_(unlocked_layers > 0)

@@ -1,0 +1,244 @@
+"""Parameter-matched SPARO configs: ``parity_config`` and ``sparo-clip parity``.
+
+``parity_config(base)`` turns a registered OpenCLIP ViT config into a SPARO config (L slots of width V,
+``embed_dim = L * V``) whose ``reduce_depth`` is the smallest that keeps the parameter count at or below
+the base model's. Models are built on the meta device (no memory, no initialisation cost). Dropping one
+block from each tower removes exactly one vision and one text block's parameters, so one SPARO build gives
+the count at every depth.
+
+``python -m sparo_clip.parity --write-registry`` writes ``model_configs/<base>-SPARO.json`` for every
+OpenCLIP ViT-*-32/16/14 config with an OpenAI-style text tower that has no hand-made SPARO config, and
+lists the files it wrote in ``model_configs/GENERATED.txt`` (a test checks the files equal its output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+
+from .config import SparoCfg
+from .factory import create_model, deep_merge, resolve_model_config
+from .registry import CONFIG_DIR
+
+MANIFEST = "GENERATED.txt"
+_MANIFEST_HEADER = "# written by `python -m sparo_clip.parity --write-registry`; do not edit\n"
+_BASE_NAME = re.compile(r"^ViT-[^-]+-(32|16|14)(-.+)?$")
+_OPENCLIP_CONFIG_DIR = Path(open_clip.__file__).parent / "model_configs"
+
+
+@dataclass
+class ParityResult:
+    """A parameter-matched SPARO config with its parameter count and the base model's."""
+
+    base_name: str
+    config: dict[str, Any]
+    params: int
+    base_params: int
+
+
+def _meta_model(model_name: str, override: dict[str, Any] | None = None) -> torch.nn.Module:
+    # a placeholder handler keeps OpenCLIP's root-logger calls from installing a default handler
+    placeholder = logging.NullHandler()
+    root = logging.getLogger()
+    root.addHandler(placeholder)
+    try:
+        with torch.device("meta"):
+            return create_model(model_name, override_config=override, device="meta")
+    finally:
+        root.removeHandler(placeholder)
+
+
+def _numel(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def parity_search(base_name: str, L: int = 64, V: int = 64, **sparo_kwargs: Any) -> ParityResult:
+    """Like :func:`parity_config`, also returning both parameter counts."""
+    fixed = {"reduce_depth": "it is what parity_config chooses", "num_slots": "use L=", "slot_dim": "use V="}
+    for key, why in fixed.items():
+        if key in sparo_kwargs:
+            raise ValueError(f"parity_config does not take sparo_cfg.{key}: {why}")
+    sparo = {"num_slots": L, "slot_dim": V, "reduce_depth": 0, "share_kv": True, "share_queries": False}
+    sparo["slot_norm"] = "cont:const"
+    sparo.update(sparo_kwargs)
+    SparoCfg.from_dict(sparo)  # names bad or unknown fields before any model is built
+    base_cfg = resolve_model_config(base_name)
+    if "sparo_cfg" in base_cfg:
+        raise ValueError(f"{base_name} is already a SPARO config: pass the model it was made from")
+    base_params = _numel(_meta_model(base_name))
+    override = {"embed_dim": L * V, "sparo_cfg": sparo}
+    model = _meta_model(base_name, override)
+    full = _numel(model)
+    per_depth = _numel(model.visual.transformer.resblocks[-1]) + _numel(model.text.transformer.resblocks[-1])
+    depth = max(0, math.ceil((full - base_params) / per_depth))
+    max_depth = min(base_cfg["vision_cfg"]["layers"], base_cfg["text_cfg"]["layers"]) - 1
+    if depth > max_depth:
+        raise ValueError(
+            f"no reduce_depth in 0..{max_depth} keeps SPARO (L={L}, V={V}) on {base_name} within its "
+            f"{base_params:,} parameters (reduce_depth={max_depth} gives {full - max_depth * per_depth:,}): "
+            "use fewer or smaller slots"
+        )
+    sparo["reduce_depth"] = depth
+    config = deep_merge(base_cfg, {"embed_dim": L * V})
+    config["sparo_cfg"] = sparo
+    return ParityResult(base_name, config, full - depth * per_depth, base_params)
+
+
+def parity_config(base_name: str, L: int = 64, V: int = 64, **sparo_kwargs: Any) -> dict[str, Any]:
+    """A SPARO model config from a registered OpenCLIP ViT config, within the base model's parameters.
+
+    Args:
+        base_name: a registered model name, e.g. ``"ViT-B-16"``.
+        L: number of slots (``sparo_cfg.num_slots``).
+        V: slot width (``sparo_cfg.slot_dim``); ``embed_dim = L * V``.
+        **sparo_kwargs: other :class:`SparoCfg` fields (``heads``, ``attn_dim``, ``slot_norm``, ...).
+
+    Returns:
+        The base config with ``embed_dim = L * V`` and a ``sparo_cfg`` whose ``reduce_depth`` is the
+        smallest that keeps the parameter count at or below the base model's.
+
+    Raises:
+        ValueError: unknown base, bad SPARO fields, or no ``reduce_depth`` that fits.
+        NotImplementedError: towers SPARO cannot read (ResNet, timm, Hugging Face).
+
+    Example:
+        >>> cfg = parity_config("ViT-B-16", L=32, V=128)
+        >>> cfg["embed_dim"], cfg["sparo_cfg"]["reduce_depth"]
+        (4096, 1)
+
+        Written to ``my-dir/ViT-B-16-SPARO-32x128.json``, it registers with
+        ``open_clip.add_model_config("my-dir")`` (or use ``sparo-clip parity ... --output FILE``).
+    """
+    return parity_search(base_name, L, V, **sparo_kwargs).config
+
+
+# ----------------------------------------------------------------------------------- registry
+def openai_style_vit(cfg: dict[str, Any]) -> bool:
+    """An OpenCLIP ViT with OpenCLIP's own text tower as OpenAI built it (argmax pooling, causal)."""
+    v, t = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+    return (
+        not v.get("timm_model_name")
+        and isinstance(v.get("layers", 12), int)
+        and not v.get("attentional_pool")
+        and v.get("pool_type", "tok") == "tok"
+        and not t.get("hf_model_name")
+        and not t.get("hf_tokenizer_name")
+        and t.get("pool_type", "argmax") == "argmax"
+        and not t.get("embed_cls")
+        and not t.get("no_causal_mask")
+        and not cfg.get("custom_text")
+        and "multimodal_cfg" not in cfg
+    )
+
+
+def registry_bases() -> list[str]:
+    """OpenCLIP's own ViT-*-32/16/14 configs with an OpenAI-style text tower."""
+    names = sorted(p.stem for p in _OPENCLIP_CONFIG_DIR.glob("*.json"))
+    return [n for n in names if _BASE_NAME.match(n) and openai_style_vit(open_clip.get_model_config(n) or {})]
+
+
+def _manifest(config_dir: Path) -> list[str]:
+    path = config_dir / MANIFEST
+    if not path.is_file():
+        return []
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def generate_registry(config_dir: Path = CONFIG_DIR) -> dict[str, ParityResult]:
+    """File name -> parity result for every registry base without a hand-made SPARO config."""
+    generated_before = set(_manifest(config_dir))
+    hand_made = {p.name for p in config_dir.glob("*-SPARO.json")} - generated_before
+    out = {}
+    for base in registry_bases():
+        name = f"{base}-SPARO.json"
+        if name not in hand_made:
+            out[name] = parity_search(base)
+    return out
+
+
+def config_text(config: dict[str, Any]) -> str:
+    """The JSON text of a model config, as the files in ``model_configs/`` are written."""
+    return json.dumps(config, indent=4) + "\n"
+
+
+def write_registry(config_dir: Path = CONFIG_DIR) -> dict[str, ParityResult]:
+    """Write the generated configs and the manifest; remove files generated before and not now."""
+    results = generate_registry(config_dir)
+    for stale in set(_manifest(config_dir)) - set(results):
+        (config_dir / stale).unlink(missing_ok=True)
+    for name, result in results.items():
+        (config_dir / name).write_text(config_text(result.config))
+    (config_dir / MANIFEST).write_text(_MANIFEST_HEADER + "".join(f"{n}\n" for n in sorted(results)))
+    return results
+
+
+# ----------------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sparo-clip parity",
+        description="Build a SPARO config from an OpenCLIP ViT config with no more parameters than it.",
+    )
+    p.add_argument("base", nargs="?", help="registered base model, e.g. ViT-B-16")
+    p.add_argument("--L", type=int, default=64, help="number of slots (default 64)")
+    p.add_argument("--V", type=int, default=64, help="slot width (default 64); embed_dim = L * V")
+    p.add_argument("--heads", type=int, default=None, help="key/value projections (default L)")
+    p.add_argument("--attn-dim", type=int, default=None, help="key width (default tower width / heads)")
+    p.add_argument("--value-dim", type=int, default=None, help="value width (needs --no-share-kv)")
+    p.add_argument("--no-share-kv", dest="share_kv", action="store_false", help="separate value projection")
+    p.add_argument("--share-queries", action="store_true", help="text read-out reuses the vision queries")
+    p.add_argument("--slot-norm", default="cont:const", help="'<rep>:<weight>' (default cont:const)")
+    p.add_argument("--output", default=None, help="write the config JSON here instead of stdout")
+    p.add_argument(
+        "--write-registry", action="store_true", help="regenerate model_configs/<base>-SPARO.json files"
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``sparo-clip parity BASE [options]``: print (or write) the config, and both parameter counts."""
+    args = _parser().parse_args(argv)
+    if args.write_registry:
+        for name, r in write_registry().items():
+            depth = r.config["sparo_cfg"]["reduce_depth"]
+            print(f"{name}: reduce_depth {depth}, {r.params:,} <= {r.base_params:,} parameters")
+        return 0
+    if not args.base:
+        _parser().error("BASE is required (or --write-registry)")
+    kwargs = {"heads": args.heads, "attn_dim": args.attn_dim, "value_dim": args.value_dim}
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if not args.share_kv:
+        kwargs["share_kv"] = False
+    if args.share_queries:
+        kwargs["share_queries"] = True
+    try:
+        r = parity_search(args.base, args.L, args.V, slot_norm=args.slot_norm, **kwargs)
+    except (ValueError, NotImplementedError) as e:
+        print(f"sparo-clip parity: error: {e}", file=sys.stderr)
+        return 2
+    text = config_text(r.config)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        print(text, end="")
+    depth = r.config["sparo_cfg"]["reduce_depth"]
+    print(
+        f"{args.base}: {r.base_params:,} parameters; SPARO L={args.L} V={args.V} with reduce_depth {depth}: "
+        f"{r.params:,} parameters",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Parameter-matched SPARO configs: parity_config, the ``sparo-clip parity`` CLI and the generated registry."""
+
+import json
+
+import open_clip
+import pytest
+import torch
+
+import sparo_clip
+from sparo_clip import parity
+from sparo_clip.cli import main as cli_main
+from sparo_clip.registry import CONFIG_DIR
+
+
+def _count(name, override=None):
+    with torch.device("meta"):
+        model = sparo_clip.create_model(name, override_config=override, device="meta")
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("base", ["ViT-B-32", "ViT-B-16", "ViT-L-14"])
+def test_parity_config_reproduces_the_hand_made_configs(base):
+    """The hand-made SPARO configs are exactly what parity_config picks (reduce_depth 1, L = V = 64)."""
+    config = parity.parity_config(base)
+    assert parity.config_text(config) == (CONFIG_DIR / f"{base}-SPARO.json").read_text()
+
+
+def test_reduce_depth_is_the_smallest_that_fits():
+    r = parity.parity_search("test-CLIP", L=4, V=16)
+    depth = r.config["sparo_cfg"]["reduce_depth"]
+    assert depth == 1 and r.base_params == _count("test-CLIP") == 3_385_089
+    fits = {"embed_dim": 64, "sparo_cfg": r.config["sparo_cfg"]}
+    assert _count("test-CLIP", fits) == r.params <= r.base_params
+    too_big = {"embed_dim": 64, "sparo_cfg": {**r.config["sparo_cfg"], "reduce_depth": depth - 1}}
+    assert _count("test-CLIP", too_big) > r.base_params
+    assert r.config == sparo_clip.resolve_model_config("test-SPARO")  # the registered tiny config
+
+
+def test_sparo_fields_pass_through_and_small_read_outs_need_no_reduction():
+    r = parity.parity_search("test-CLIP", L=2, V=8, heads=1, slot_norm="sqrtsem:norm")
+    assert r.config["embed_dim"] == 16
+    sparo = r.config["sparo_cfg"]
+    picked = {k: sparo[k] for k in ("num_slots", "slot_dim", "heads", "slot_norm")}
+    assert picked == {"num_slots": 2, "slot_dim": 8, "heads": 1, "slot_norm": "sqrtsem:norm"}
+    assert sparo["reduce_depth"] == 0  # a 2 x 8 read-out is smaller than the projections it replaces
+    assert _count("test-CLIP", {"embed_dim": 16, "sparo_cfg": sparo}) == r.params <= r.base_params
+
+
+@pytest.mark.parametrize(
+    "base, kwargs, error, message",
+    [
+        ("test-CLIP", {"L": 64, "V": 64}, ValueError, "no reduce_depth in 0..1 keeps SPARO (L=64, V=64)"),
+        ("test-CLIP", {"reduce_depth": 1}, ValueError, "does not take sparo_cfg.reduce_depth"),
+        ("test-CLIP", {"num_slots": 8}, ValueError, "use L="),
+        ("test-CLIP", {"bogus": 1}, ValueError, "unknown sparo_cfg key(s) ['bogus']"),
+        ("test-CLIP", {"L": 4, "V": 16, "heads": 3}, ValueError, "heads=3 does not divide num_slots=4"),
+        ("no-such-model", {}, ValueError, "unknown model 'no-such-model'"),
+        ("test-SPARO", {}, ValueError, "test-SPARO is already a SPARO config"),
+        ("RN50", {}, NotImplementedError, "ModifiedResNet"),
+    ],
+)
+def test_parity_errors_are_clear(base, kwargs, error, message):
+    with pytest.raises(error) as info:
+        parity.parity_config(base, **kwargs)
+    assert message in str(info.value)
+
+
+def test_cli_prints_config_and_both_counts(tmp_path, capsys):
+    assert cli_main(["parity", "test-CLIP", "--L", "4", "--V", "16"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == parity.parity_config("test-CLIP", L=4, V=16)
+    assert "test-CLIP: 3,385,089 parameters" in err and "reduce_depth 1: 3,294,881 parameters" in err
+    target = tmp_path / "cfg.json"
+    args = ["test-CLIP", "--L", "2", "--V", "8", "--heads", "1", "--no-share-kv", "--output", str(target)]
+    assert parity.main(args) == 0
+    written = json.loads(target.read_text())
+    assert written["sparo_cfg"]["share_kv"] is False and written["sparo_cfg"]["heads"] == 1
+    assert parity.main(["test-CLIP", "--L", "64", "--V", "64"]) == 2
+    assert "error: no reduce_depth" in capsys.readouterr().err
+
+
+def test_registry_bases_are_openai_style_vits():
+    bases = set(parity.registry_bases())
+    assert {"ViT-B-32", "ViT-B-32-quickgelu", "ViT-S-16-alt", "ViT-L-14-336", "ViT-bigG-14"} <= bases
+    excluded = {"ViT-B-16-SigLIP", "ViT-L-14-CLIPA", "ViT-H-14-worldwide", "ViT-SO400M-14-SigLIP", "RN50"}
+    assert not bases & excluded  # timm/HF towers, other tokenizers, average pooling
+    assert all(parity.openai_style_vit(open_clip.get_model_config(b)) for b in bases)
+
+
+def test_generated_registry_is_up_to_date_and_within_budget():
+    """model_configs/*-SPARO.json are what the generator writes now, and none exceeds its base."""
+    results = parity.generate_registry()
+    manifest = (CONFIG_DIR / parity.MANIFEST).read_text().splitlines()
+    assert [line for line in manifest if not line.startswith("#")] == sorted(results)
+    hand_made = {"ViT-B-32-SPARO.json", "ViT-B-16-SPARO.json", "ViT-L-14-SPARO.json"}
+    assert not hand_made & set(results) and len(results) == len(parity.registry_bases()) - 3
+    for name, r in results.items():
+        assert (CONFIG_DIR / name).read_text() == parity.config_text(r.config), (
+            f"{name} is stale: run python -m sparo_clip.parity --write-registry"
+        )
+        registered = name.removesuffix(".json")
+        assert open_clip.get_model_config(registered) == r.config
+        assert _count(registered) == r.params <= r.base_params, registered  # built through the registry
