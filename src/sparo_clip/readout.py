@@ -77,7 +77,7 @@ class SparoReadout(nn.Module):
 
     The fused path uses ``scaled_dot_product_attention``; the explicit path (``return_attn=True``)
     computes the same in fp32 and also returns the attention weights. The fused path folds the key
-    projection into the queries when that costs fewer multiply-adds (always for ``heads == num_slots``):
+    projection into the queries when that costs fewer multiply-adds (with one head per slot: N >= 2):
     ``q_l . (Wk_h x + bk_h) = (Wk_h^T q_l) . x + const``, and with weights summing to one the values
     need projecting only once per slot, after pooling. ``pool_first`` (None: by cost) forces either form.
     """
