@@ -14,6 +14,7 @@ from torch import nn
 
 from .config import SparoCfg
 from .readout import SparoReadout, select_slots
+from .towers import add_logits, eot_key_mask, text_hidden_states
 
 SlotSelection = torch.Tensor | Sequence[int] | None
 
@@ -200,12 +201,7 @@ class SparoCLIP(CustomTextCLIP):
     # ----------------------------------------------------------------------------------- text
     def text_key_mask(self, text: torch.Tensor) -> torch.Tensor:
         """(B, N) bool: True up to and including each caption's end-of-text token."""
-        if self._eos_id is None:
-            eot = text.argmax(dim=-1)
-        else:
-            eot = (text == self._eos_id).int().argmax(dim=-1)
-        positions = torch.arange(text.shape[1], device=text.device)
-        return positions[None, :] <= eot[:, None]
+        return eot_key_mask(text, self._eos_id)
 
     def text_tokens(self, text: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Run the text tower to ``ln_final`` over all positions it needs: (B, n, width).
@@ -213,18 +209,9 @@ class SparoCLIP(CustomTextCLIP):
         With a causal tower and ``trim_text``, positions after the longest caption's end-of-text are
         not computed (they cannot change earlier positions and the read-out masks them).
         """
-        t = self.text
-        causal = t.attn_mask is not None
-        if self.sparo_cfg.trim_text and causal and key_mask is not None:
-            n = int(key_mask.sum(dim=1).max())
-            text = text[:, :n]
-        n = text.shape[1]
-        cast_dtype = t.transformer.get_cast_dtype()
-        x = t.token_embedding(text).to(cast_dtype)
-        x = x + t.positional_embedding[:n].to(cast_dtype)
-        attn_mask = t.attn_mask[:n, :n] if causal else None
-        x = t.transformer(x, attn_mask=attn_mask)
-        return t.ln_final(x)
+        return self.text.ln_final(
+            text_hidden_states(self.text, text, key_mask, trim=self.sparo_cfg.trim_text)
+        )
 
     # ----------------------------------------------------------------------------------- encoders
     def _finish(
@@ -312,14 +299,4 @@ class SparoCLIP(CustomTextCLIP):
             for key in ("image_features", "text_features"):
                 if key in output:
                     output[key] = F.normalize(output[key], dim=-1)
-        scale = self.logit_scale.exp() if output_logits or output_logit_scale_bias else None
-        if output_logits:
-            logits = scale * output["image_features"] @ output["text_features"].T
-            if self.logit_bias is not None:
-                logits = logits + self.logit_bias
-            output["image_logits"], output["text_logits"] = logits, logits.T
-        if output_logit_scale_bias:
-            output["logit_scale"] = scale
-            if self.logit_bias is not None:
-                output["logit_bias"] = self.logit_bias
-        return output
+        return add_logits(output, self.logit_scale, self.logit_bias, output_logits, output_logit_scale_bias)

@@ -23,34 +23,11 @@ from open_clip.transformer import TextTransformer
 from torch import nn
 
 from ..model import _as_dict, _checked_cfg
+from ..towers import add_logits, eot_key_mask, text_hidden_states
 from .config import BottleneckCfg, CodebookCfg, TextPoolCfg, parse_cfg
 from .layers import CodebookPool, MaskedAttentionalPooler
 
 BASELINE_KEYS = ("bottleneck_cfg", "codebook_cfg", "text_pool_cfg")
-
-
-def eot_key_mask(text: torch.Tensor, eos_id: int | None = None) -> torch.Tensor:
-    """(B, N) bool: True up to and including each caption's end-of-text token.
-
-    End-of-text is ``text.argmax(-1)`` (OpenAI tokenizer), or the first ``eos_id`` when given.
-    """
-    eot = text.argmax(dim=-1) if eos_id is None else (text == eos_id).int().argmax(dim=-1)
-    return torch.arange(text.shape[1], device=text.device)[None, :] <= eot[:, None]
-
-
-def text_hidden_states(tower: TextTransformer, text: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-    """Tokens of an OpenCLIP ``TextTransformer`` before ``ln_final``: (B, n, width).
-
-    A causal tower runs only up to the longest caption (``n <= context``): later positions cannot change
-    earlier ones, and the callers mask them, so the result is the same as the full computation.
-    """
-    if tower.attn_mask is not None:
-        text = text[:, : int(key_mask.sum(dim=1).max())]
-    n = text.shape[1]
-    x, attn_mask = tower._embeds(text)
-    if attn_mask is not None:
-        attn_mask = attn_mask[..., :n, :n]
-    return tower.transformer(x, attn_mask=attn_mask)
 
 
 def _check_token_towers(vision_cfg: dict[str, Any], text_cfg: dict[str, Any], need_vision: bool) -> None:
@@ -197,17 +174,7 @@ class BaselineCLIP(CustomTextCLIP):
             output["image_features"] = self.encode_image(image, normalize=normalize)
         if text is not None:
             output["text_features"] = self.encode_text(text, normalize=normalize)
-        scale = self.logit_scale.exp()
-        if output_logits:
-            logits = scale * output["image_features"] @ output["text_features"].T
-            if self.logit_bias is not None:
-                logits = logits + self.logit_bias
-            output["image_logits"], output["text_logits"] = logits, logits.T
-        if output_logit_scale_bias:
-            output["logit_scale"] = scale
-            if self.logit_bias is not None:
-                output["logit_bias"] = self.logit_bias
-        return output
+        return add_logits(output, self.logit_scale, self.logit_bias, output_logits, output_logit_scale_bias)
 
     # ----------------------------------------------------------------------------------- locking
     def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
