@@ -98,7 +98,9 @@ def make_spec(scene: Scene, rng: random.Random, relational: bool | None = None) 
         return Spec(rng.choice(LIST_PREFIXES), tuple(objects), sizes)
     if len(objects) < 2:
         raise ValueError("a relational caption needs a scene with at least 2 objects")
-    rels = [relation(objects[0], objects[1])] + ([relation(objects[2], objects[1])] if len(objects) > 2 else [])
+    rels = [relation(objects[0], objects[1])] + (
+        [relation(objects[2], objects[1])] if len(objects) > 2 else []
+    )
     if None in rels:
         raise ValueError(f"scene {scene} has an unclear relation: it was not drawn by sample_scene")
     template = rng.choice(RELATIONAL_2 if len(objects) == 2 else RELATIONAL_3)

@@ -51,7 +51,9 @@ def draw_object(draw: ImageDraw.ImageDraw, obj: Obj, extent: float, scale: float
     elif obj.shape == "cross":
         draw.polygon(_cross(cx, cy, half), fill=fill)
     else:
-        raise ValueError(f"shape {obj.shape!r} cannot be drawn: expected one of circle, square, triangle, star, diamond, cross")
+        raise ValueError(
+            f"shape {obj.shape!r} cannot be drawn: expected one of circle, square, triangle, star, diamond, cross"
+        )
 
 
 def render_scene(scene: Scene, world: WorldCfg) -> Image.Image:

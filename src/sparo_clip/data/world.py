@@ -54,7 +54,9 @@ def _as_tuple(value: object, name: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"{name}={value!r} is not valid: expected a list of names or a comma-separated string")
+        raise ValueError(
+            f"{name}={value!r} is not valid: expected a list of names or a comma-separated string"
+        )
     return tuple(value)
 
 
@@ -197,7 +199,9 @@ def choose_holdout(
     by_shape: Counter[str] = Counter()
     chosen: list[Composition] = []
     for _ in range(round(fraction * len(remaining))):
-        best = min(remaining, key=lambda p: (max(by_color[p[0]], by_shape[p[1]]), by_color[p[0]] + by_shape[p[1]]))
+        best = min(
+            remaining, key=lambda p: (max(by_color[p[0]], by_shape[p[1]]), by_color[p[0]] + by_shape[p[1]])
+        )
         remaining.remove(best)
         chosen.append(best)
         by_color[best[0]] += 1
@@ -277,7 +281,9 @@ def _place(rng: random.Random, world: WorldCfg, extents: list[float]) -> list[tu
             low, high = extent / 2 + 1, side - extent / 2 - 1
             for _ in range(100):
                 x, y = round(rng.uniform(low, high), 2), round(rng.uniform(low, high), 2)
-                if all(_compatible((x, y), extent, c, e, gap) for c, e in zip(centres, extents, strict=False)):
+                if all(
+                    _compatible((x, y), extent, c, e, gap) for c, e in zip(centres, extents, strict=False)
+                ):
                     centres.append((x, y))
                     break
             else:
@@ -312,6 +318,7 @@ def sample_scene(rng: random.Random, world: WorldCfg, num_objects: int, mode: st
     sizes = [rng.choice(sorted(SIZES)) for _ in comps]
     centres = _place(rng, world, [world.size_px(s) for s in sizes])
     objects = tuple(
-        Obj(color, shape, size, x, y) for (color, shape), size, (x, y) in zip(comps, sizes, centres, strict=True)
+        Obj(color, shape, size, x, y)
+        for (color, shape), size, (x, y) in zip(comps, sizes, centres, strict=True)
     )
     return Scene(objects)
