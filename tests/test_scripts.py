@@ -67,7 +67,10 @@ def test_recipe_flags(tmp_path, script):
         budget = {"train_vitb32_sparo.sh": "151277313", "train_vitb16_sparo.sh": "149620737"}[script]
         assert flags["--max-params"] == budget
     if "gap" in script:
-        assert flags["--override-model-config"] == '{"vision_cfg": {"pool_type": "avg", "final_ln_after_pool": true}}'
+        assert (
+            flags["--override-model-config"]
+            == '{"vision_cfg": {"pool_type": "avg", "final_ln_after_pool": true}}'
+        )
 
 
 @pytest.mark.parametrize(
