@@ -99,16 +99,19 @@ def test_accum_freq_and_zeroshot_imagenet_in_training(tmp_path):
     for i, wnid in enumerate(wnids):
         (val / wnid).mkdir(parents=True)
         Image.new("RGB", (32, 32), (i % 256, (7 * i) % 256, (13 * i) % 256)).save(val / wnid / "a.png")
+    v2 = tmp_path / "imagenetv2" / "ImageNetV2-matched-frequency"  # class-index folders, ImageNetV2's release
+    for i in range(1000):
+        (v2 / str(i)).mkdir(parents=True)
+        Image.new("RGB", (32, 32), ((3 * i) % 256, i % 256, 90)).save(v2 / str(i) / "b.png")
     args = base_args(pattern, logs, "accum", batch_size=4, num_samples=16, accum_freq=2, zeroshot_frequency=1)
-    assert main([*args, "--imagenet-val", str(val)]) == 0
+    assert main([*args, "--imagenet-val", str(val), "--imagenet-v2", str(v2.parent)]) == 0
     results = [
         json.loads(line)
         for line in (logs / "accum" / "checkpoints" / "results.jsonl").read_text().splitlines()
     ]
     metrics = results[-1]
-    for key in ("imagenet-zeroshot-val-top1", "imagenet-zeroshot-val-top5"):
-        assert 0.0 <= metrics[key] <= 1.0
-    assert metrics["imagenet-zeroshot-val-top5"] >= metrics["imagenet-zeroshot-val-top1"]
+    for split in ("imagenet-zeroshot-val", "imagenetv2-zeroshot-val"):
+        assert 0.0 <= metrics[f"{split}-top1"] <= metrics[f"{split}-top5"] <= 1.0
     assert "Train Epoch: 0 [16/16" in (logs / "accum" / "out.log").read_text()  # 2 optimizer steps of 2x4
     # the training checkpoint loads with OpenCLIP's own factory
     model, _, _ = open_clip.create_model_and_transforms(

@@ -12,8 +12,9 @@ Every ``open_clip_train`` flag is accepted and its own ``main`` runs the loop (t
 Before anything is trained the model config is built (on the meta device, no memory), the parameter budget
 checked and local data paths verified, so a bad config or a missing path fails at once with a clear message.
 Adaptations to ``open_clip_train`` 3.3.0, all scoped to this process: the model factory it calls gets the
-override, its parsed args carry our flags (so ``params.txt`` records them), and on CPU its
-DistributedDataParallel wrapper is given no ``device_ids`` (DDP rejects them for CPU modules).
+override, its parsed args carry our flags (so ``params.txt`` records them), on CPU its
+DistributedDataParallel wrapper is given no ``device_ids`` (DDP rejects them for CPU modules), and
+``--imagenet-v2`` is read by :class:`ImageNetV2Folder` when ``imagenetv2_pytorch`` (not on PyPI) is missing.
 """
 
 from __future__ import annotations
@@ -139,6 +140,48 @@ def _check_shard_has_captions(paths: list[str], flag: str) -> None:
         return
 
 
+class ImageNetV2Folder(torch.utils.data.Dataset):
+    """ImageNetV2 in its release layout (sub-folders ``0``..``999`` named by class index).
+
+    open_clip_train reads ``--imagenet-v2`` with ``imagenetv2_pytorch.ImageNetV2Dataset``, a package that is
+    not on PyPI. When it is missing, this reader stands in for it: ``location`` is the folder with the class
+    sub-folders, or its parent holding ``ImageNetV2-matched-frequency/`` (the package's convention).
+    """
+
+    def __init__(
+        self, variant: str = "matched-frequency", transform: Any = None, location: str = "."
+    ) -> None:
+        from .eval.folders import imagenet_variant
+
+        root = Path(location)
+        if (root / f"ImageNetV2-{variant}").is_dir():
+            root = root / f"ImageNetV2-{variant}"
+        data = imagenet_variant("imagenet-v2", root)
+        self.paths, self.targets, self.transform = data.paths, data.labels, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as img:
+            img = img.convert("RGB")
+        return (self.transform(img) if self.transform else img), self.targets[i]
+
+
+def _provide_imagenet_v2_reader() -> None:
+    """Register :class:`ImageNetV2Folder` as ``imagenetv2_pytorch`` unless the real package is installed."""
+    import importlib.util
+    import types
+
+    if importlib.util.find_spec("imagenetv2_pytorch") is not None:
+        return
+    module = types.ModuleType("imagenetv2_pytorch")
+    module.ImageNetV2Dataset = ImageNetV2Folder
+    sys.modules["imagenetv2_pytorch"] = module
+
+
 class _CpuSafeDDP(torch.nn.parallel.DistributedDataParallel):
     """DDP that drops ``device_ids`` for CPU modules (open_clip_train passes ``device_ids=[device]``)."""
 
@@ -169,6 +212,7 @@ def _adapt_open_clip_train(oc_main: Any, override: dict[str, Any] | None, extra:
 
     oc_main.parse_args = parse_args
     oc_main.create_model_and_transforms = create_model_and_transforms
+    _provide_imagenet_v2_reader()
     if not torch.cuda.is_available():
         torch.nn.parallel.DistributedDataParallel = _CpuSafeDDP
 
