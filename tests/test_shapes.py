@@ -2,17 +2,18 @@
 
 import hashlib
 import json
+import os
+import random
 import re
-import tarfile
 
 import open_clip
 import pytest
 import webdataset as wds
 from torchvision.datasets import ImageFolder
 
-from sparo_clip.data.captions import TASKS
-from sparo_clip.data.shapes import SizeCfg, _rng, generate, main
-from sparo_clip.data.world import WorldCfg, composition_name, sample_scene
+from sparo_clip.data.captions import TASKS, make_spec, negative
+from sparo_clip.data.shapes import SizeCfg, generate, main
+from sparo_clip.data.world import PALETTE, RELATIONS, SIZES, WorldCfg, relation, sample_scene
 
 SMALL = SizeCfg(train=64, val=24, shards=4, zeroshot_per_class=3, sugarcrepe_per_task=6)
 
@@ -21,6 +22,32 @@ SMALL = SizeCfg(train=64, val=24, shards=4, zeroshot_per_class=3, sugarcrepe_per
 def world_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("shapes")
     return out, generate(out, sizes=SMALL)
+
+
+def _mentions(text, world):
+    """(size or None, colour, shape) of every object a caption names."""
+    sizes, colors, shapes = "|".join(SIZES), "|".join(world.colors), "|".join(world.shapes)
+    return re.findall(rf"\b(?:({sizes}) )?({colors}) ({shapes})\b", text)
+
+
+def _describes(text, objects, world):
+    """True when every object the caption names is in the scene, with the size it states."""
+    return all(
+        any(o["color"] == c and o["shape"] == s and size in ("", o["size"]) for o in objects)
+        for size, c, s in _mentions(text, world)
+    )
+
+
+def _read_like_clip_benchmark(root):
+    """The samples of a local webdataset read as CLIP_benchmark 1.6.2's build_wds_dataset reads them."""
+    nshards = int(open(os.path.join(root, "test", "nshards.txt")).read())
+    kind_file = os.path.join(root, "dataset_type.txt")
+    kind = open(kind_file).read().strip().lower() if os.path.exists(kind_file) else "classification"
+    ds = wds.WebDataset(os.path.join(root, "test", f"{{0..{nshards - 1}}}.tar"), nodesplitter=lambda s: s)
+    ds = ds.decode(wds.autodecode.ImageHandler("pil", extensions=["webp", "png", "jpg", "jpeg"]))
+    if kind == "retrieval":
+        return kind, list(ds.to_tuple(["webp", "png", "jpg", "jpeg"], "txt").map_tuple(None, str.splitlines))
+    return kind, list(ds.to_tuple(["webp", "png", "jpg", "jpeg"], "cls"))
 
 
 def _digests(root):
@@ -45,17 +72,16 @@ def test_held_out_pairs_never_in_training(world_dir):
     world = WorldCfg()
     held = manifest["held_out"]
     assert held == world.unseen_names and len(held) == round(0.2 * len(world.compositions))
-    pattern = re.compile(r"\b(" + "|".join(world.colors) + r") (" + "|".join(world.shapes) + r")\b")
-    seen_in_captions = set()
-    for sample in wds.WebDataset(manifest["train"]["pattern"], shardshuffle=False):
-        for color, shape in pattern.findall(sample["txt"].decode()):
-            seen_in_captions.add(f"{color} {shape}")
-    assert seen_in_captions and not seen_in_captions & set(held)
-    # the scenes behind the training images hold no held-out pair either (same per-sample generators)
-    for i in range(SMALL.train):
-        rng = _rng(world.seed, "train", i)
-        scene = sample_scene(rng, world, rng.randint(world.min_objects, world.max_objects), "seen")
-        assert not {composition_name(o.composition) for o in scene.objects} & set(held)
+    in_captions, in_images, count = set(), set(), 0
+    for sample in wds.WebDataset(manifest["train"]["pattern"], shardshuffle=False).decode():
+        objects = sample["json"]["objects"]  # what was drawn in this image
+        assert 1 <= len(objects) <= world.max_objects
+        assert _describes(sample["txt"], objects, world), (sample["txt"], objects)
+        in_captions |= {f"{c} {s}" for _, c, s in _mentions(sample["txt"], world)}
+        in_images |= {f"{o['color']} {o['shape']}" for o in objects}
+        count += 1
+    assert count == SMALL.train and in_captions and in_images
+    assert not in_captions & set(held) and not in_images & set(held)
     # ... while the unseen zero-shot set is exactly the held-out pairs
     names = (out / "zeroshot" / "unseen" / "classnames.txt").read_text().split("\n")[:-1]
     assert names == sorted(held)
@@ -113,19 +139,24 @@ def test_retrieval_csv_and_clip_benchmark_layout(world_dir):
     out, manifest = world_dir
     pairs = read_csv_pairs(manifest["val"]["csv"], "filepath", "title", "\t")
     assert len(pairs.image_paths) == len(pairs.captions) == SMALL.val
-    for name in ("shapes_seen", "shapes_unseen"):
-        root = out / "clip_benchmark" / name
-        assert (root / "test" / "nshards.txt").read_text().strip() == "1"
+    for name in ("all", "seen", "unseen"):
+        root = out / "clip_benchmark" / f"shapes_{name}"
+        assert manifest["zeroshot"][name]["clip_benchmark"] == str(root)
+        kind, samples = _read_like_clip_benchmark(str(root))
         classnames = (root / "classnames.txt").read_text().splitlines()
-        assert all(
-            "{c}" in t for t in (root / "zeroshot_classification_templates.txt").read_text().splitlines()
-        )
-        with tarfile.open(root / "test" / "0.tar") as tar:
-            labels = [int(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(".cls")]
-        assert max(labels) + 1 == len(classnames) and min(labels) == 0
-    with tarfile.open(out / "clip_benchmark" / "shapes_retrieval" / "test" / "0.tar") as tar:
-        names = tar.getnames()
-    assert sum(n.endswith(".txt") for n in names) == sum(n.endswith(".png") for n in names) == SMALL.val
+        assert kind == "classification"
+        assert classnames == open(manifest["zeroshot"][name]["classnames"]).read().splitlines()
+        templates = (root / "zeroshot_classification_templates.txt").read_text().splitlines()
+        assert templates and all("{c}" in t for t in templates)
+        labels = [label for image, label in samples]
+        for image, label in samples:  # the image shows its class's colour (flat-filled shape interior)
+            assert image.size == (64, 64)
+            assert PALETTE[classnames[label].split()[0]] in {rgb for _, rgb in image.getcolors(4096)}
+        assert sorted(set(labels)) == list(range(len(classnames)))  # every class, indices 0..n-1
+        assert len(samples) == len(classnames) * SMALL.zeroshot_per_class
+    kind, samples = _read_like_clip_benchmark(str(out / "clip_benchmark" / "shapes_retrieval"))
+    assert kind == "retrieval" and len(samples) == SMALL.val
+    assert all(len(captions) == 1 and _mentions(captions[0], WorldCfg()) for _, captions in samples)
 
 
 def test_second_run_reuses_and_other_settings_regenerate(tmp_path, caplog):
@@ -141,6 +172,39 @@ def test_second_run_reuses_and_other_settings_regenerate(tmp_path, caplog):
     assert "regenerating" in caplog.text
     assert json.loads((tmp_path / "dataset.json").read_text())["train"]["num_samples"] == 32
     assert not (tmp_path / "train" / "train-000003.tar").exists()
+
+
+def test_captions_fit_the_tiny_context(world_dir):
+    out, manifest = world_dir
+    tokenizer = open_clip.get_tokenizer("tiny-CLIP")
+    texts = [s["txt"].decode() for s in wds.WebDataset(manifest["train"]["pattern"], shardshuffle=False)]
+    for task in TASKS:
+        for item in json.loads((out / "sugarcrepe" / f"{task}.json").read_text()).values():
+            texts += [item["caption"], item["negative_caption"]]
+    tokens = tokenizer(texts)
+    # the end-of-text token is the largest id: when it sits before the last position, nothing was cut off
+    assert (tokens.argmax(-1) < tokenizer.context_length - 1).all()
+
+
+@pytest.mark.parametrize("mode", ["seen", "unseen"])
+def test_wrong_captions_are_wrong_and_true_captions_true(mode):
+    world = WorldCfg()
+    for i in range(60):
+        rng = random.Random(f"test/{mode}/{i}")
+        scene = sample_scene(rng, world, rng.randint(2, world.max_objects), mode)
+        objects = scene.to_dict()["objects"]
+        present = {(o["color"], o["shape"]) for o in objects}
+        for task in TASKS:
+            spec = make_spec(scene, rng, relational={"swap_obj": True, "add_obj": False}.get(task))
+            wrong = negative(task, spec, scene, world, rng)
+            assert _describes(spec.text(), objects, world) and spec.text() != wrong.text()
+            named = {(c, s) for _, c, s in _mentions(wrong.text(), world)}
+            if task == "swap_obj":  # same objects, but the stated relation is the opposite of the drawn one
+                assert named == {(o.color, o.shape) for o in spec.objects}
+                assert relation(wrong.objects[0], wrong.objects[1]) != wrong.relations[0]
+                assert RELATIONS[wrong.relations[0]] in wrong.text()
+            else:  # names an object (colour-shape pair) that is not in the image
+                assert named - present, (task, spec.text(), wrong.text())
 
 
 @pytest.mark.parametrize(

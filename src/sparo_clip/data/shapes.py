@@ -3,13 +3,14 @@
 Under one output folder (see docs/data.md)::
 
     dataset.json                       manifest: generator version, settings, held-out pairs, every split
-    train/train-{000000..0000NN}.tar   webdataset shards (<key>.png, <key>.txt) + sizes.json
+    train/train-{000000..0000NN}.tar   webdataset shards (<key>.png, <key>.txt, <key>.json scene) + sizes.json
     val/val-{000000..0000NN}.tar       the same for validation/retrieval + sizes.json
     val/retrieval.csv, val/images/     the validation pairs as a CSV (filepath<TAB>title, OpenCLIP's defaults)
     zeroshot/{seen,unseen,all}/        ImageFolder (<colour>_<shape>/*.png), classnames.txt, templates.txt
     sugarcrepe/<task>.json, images/    swap_att, swap_obj, replace_att, replace_obj, add_obj
-    clip_benchmark/shapes_{seen,unseen,retrieval}/   classnames.txt, zeroshot_classification_templates.txt,
-                                       test/nshards.txt, test/0.tar (png + cls, or png + txt)
+    clip_benchmark/shapes_{all,seen,unseen}/   classnames.txt, zeroshot_classification_templates.txt,
+                                       test/nshards.txt, test/0.tar (png + cls)
+    clip_benchmark/shapes_retrieval/   dataset_type.txt ("retrieval"), test/nshards.txt, test/0.tar (png + txt)
 
 Every sample has its own random generator seeded by (seed, split, index), so the files are byte-identical
 for the same settings. Held-out colour-shape pairs never appear in a training image or caption.
@@ -37,7 +38,7 @@ from .captions import TASKS, ZEROSHOT_TEMPLATES, caption, task_pair
 from .render import png_bytes, render_scene
 from .world import PALETTE, SHAPES, WorldCfg, composition_name, sample_scene
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # bump whenever the same settings would give other files
 MANIFEST = "dataset.json"
 _OWNED = ("train", "val", "zeroshot", "sugarcrepe", "clip_benchmark")
 _logger = logging.getLogger("sparo_clip.data.shapes")
@@ -67,9 +68,12 @@ def _rng(seed: int, split: str, index: int) -> random.Random:
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)  # mtime, uid, gid and names stay at their fixed defaults
+    info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mode = 0o644
+    info.mtime = 0  # no time, owner or group from this machine: same settings, same bytes
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
     tar.addfile(info, io.BytesIO(data))
 
 
@@ -100,7 +104,11 @@ def _caption_samples(
         scene = sample_scene(rng, world, rng.randint(world.min_objects, world.max_objects), mode)
         png = png_bytes(render_scene(scene, world))
         bar.update()
-        yield f"{split}{i:07d}", {"png": png, "txt": caption(scene, rng).encode()}
+        text = caption(scene, rng).encode()
+        meta = json.dumps(
+            scene.to_dict(), sort_keys=True
+        ).encode()  # the objects drawn: colour, shape, size, x, y
+        yield f"{split}{i:07d}", {"png": png, "txt": text, "json": meta}
 
 
 def _single_object_scene(world: WorldCfg, comp: tuple[str, str], rng: random.Random):
@@ -149,8 +157,8 @@ def _zeroshot(out: Path, world: WorldCfg, sizes: SizeCfg, bar: tqdm) -> dict[str
             "num_classes": len(folders),
             "num_images": len(folders) * sizes.zeroshot_per_class,
         }
-    # CLIP_benchmark's local layout for the seen and unseen classification sets
-    for name in ("seen", "unseen"):
+    # CLIP_benchmark's local layout for the same classification sets
+    for name in ("all", "seen", "unseen"):
         if name not in sets:
             continue
         folders = sorted((f"{c}_{s}", (c, s)) for c, s in groups[name])
@@ -168,8 +176,12 @@ def _zeroshot(out: Path, world: WorldCfg, sizes: SizeCfg, bar: tqdm) -> dict[str
 def _clip_benchmark_set(
     root: Path, samples: list[tuple[str, dict[str, bytes]]], classnames: list[str] | None
 ) -> str:
+    """CLIP_benchmark's local webdataset layout (``--dataset wds/<name> --dataset_root <root>``): classification
+    when ``classnames`` are given (png + cls), retrieval otherwise (png + txt, and ``dataset_type.txt``)."""
     (root / "test").mkdir(parents=True, exist_ok=True)
-    if classnames is not None:
+    if classnames is None:
+        _write_lines(root / "dataset_type.txt", ["retrieval"])  # without it, CLIP_benchmark expects .cls
+    else:
         _write_lines(root / "classnames.txt", classnames)
         _write_lines(root / "zeroshot_classification_templates.txt", [f"{t}." for t in ZEROSHOT_TEMPLATES])
     (root / "test" / "nshards.txt").write_text("1\n")
