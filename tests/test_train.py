@@ -231,3 +231,20 @@ def test_max_params_within_budget_trains(tmp_path):
     args = base_args(pattern, tmp_path / "logs", "budget", num_samples=8, max_params=3_294_881)
     assert main(args) == 0
     assert "max_params: 3294881" in (tmp_path / "logs" / "budget" / "params.txt").read_text()
+
+
+def test_imagenet_v2_reader_registration_is_idempotent(tmp_path):
+    import importlib
+
+    from sparo_clip import train as sparo_train
+
+    sparo_train._provide_imagenet_v2_reader()
+    sparo_train._provide_imagenet_v2_reader()  # a second run in the same process
+    module = importlib.import_module("imagenetv2_pytorch")
+    from PIL import Image
+
+    for i in (0, 999):
+        (tmp_path / "ImageNetV2-matched-frequency" / str(i)).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "ImageNetV2-matched-frequency" / str(i) / "x.png")
+    data = module.ImageNetV2Dataset(location=str(tmp_path), transform=None)
+    assert sorted(data.targets) == [0, 999] and len(data) == 2

@@ -175,8 +175,8 @@ def _provide_imagenet_v2_reader() -> None:
     import importlib.util
     import types
 
-    if importlib.util.find_spec("imagenetv2_pytorch") is not None:
-        return
+    if "imagenetv2_pytorch" in sys.modules or importlib.util.find_spec("imagenetv2_pytorch") is not None:
+        return  # installed, or registered by an earlier call in this process
     module = types.ModuleType("imagenetv2_pytorch")
     module.ImageNetV2Dataset = ImageNetV2Folder
     sys.modules["imagenetv2_pytorch"] = module
