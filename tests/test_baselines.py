@@ -5,7 +5,6 @@ trains through ``sparo_clip.train`` on generated shards and loads back from its 
 """
 
 import json
-import shlex
 
 import numpy as np
 import open_clip
@@ -18,7 +17,7 @@ import sparo_clip.baselines  # noqa: F401  (registers the baseline builders)
 from sparo_clip.baselines import BaselineCLIP, CodebookPool, sparsemax
 from sparo_clip.train import main as train_main
 
-from .test_scripts import RECIPE, _env, _run
+from .test_scripts import recipe_command
 from .train_helpers import base_args, make_shards
 
 GAP = {"vision_cfg": {"pool_type": "avg", "final_ln_after_pool": True}}  # ln_post after the mean
@@ -355,14 +354,7 @@ SCRIPTS = {
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_baseline_scripts_run_the_recipe_with_the_registered_baseline(tmp_path, script):
-    r = _run(script, _env(tmp_path))
-    assert r.returncode == 0, r.stderr
-    argv = shlex.split(r.stdout)
-    flags = {a: argv[i + 1] for i, a in enumerate(argv[:-1]) if a.startswith("--")}
-    for flag, value in RECIPE.items():
-        assert flags.get(flag) == value, flag
-    for flag in ("--grad-checkpointing", "--local-loss", "--gather-with-grad", "--save-most-recent"):
-        assert flag in argv
+    _, flags = recipe_command(tmp_path, script)
     assert flags["--model"] == "ViT-B-32"
     override = json.loads(flags["--override-model-config"])
     registered = open_clip.get_model_config(SCRIPTS[script])

@@ -47,8 +47,8 @@ def _run(script, env, *args):
     )
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_recipe_flags(tmp_path, script):
+def recipe_command(tmp_path, script):
+    """The command a script prints with DRY_RUN=1, checked against the reference recipe: (argv, flags)."""
     r = _run(script, _env(tmp_path))
     assert r.returncode == 0, r.stderr
     argv = shlex.split(r.stdout)
@@ -57,6 +57,12 @@ def test_recipe_flags(tmp_path, script):
         assert flags.get(flag) == value, flag
     for flag in ("--grad-checkpointing", "--local-loss", "--gather-with-grad", "--save-most-recent"):
         assert flag in argv
+    return argv, flags
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_recipe_flags(tmp_path, script):
+    argv, flags = recipe_command(tmp_path, script)
     assert flags["--nproc_per_node"] == "8"
     assert (
         flags["--train-data"]
