@@ -15,6 +15,6 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 echo "[setup] installing sparo-clip and its pinned dependencies into $VENV (first time: a few minutes)"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[dev,bench]"
+"$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[dev,bench,dino]"
 echo "$stamp_src" > "$VENV/.sparo-stamp"
 echo "[setup] done"
