@@ -1,0 +1,68 @@
+"""Checkpoint files: atomic writes, safe loads, newest readable."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from sparo_clip.checkpoints import CheckpointError, atomic_save, load_checkpoint_file, newest_readable
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: a stand-in for a crafted checkpoint."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_atomic_save_roundtrip_and_leaves_no_temporary(tmp_path):
+    path = atomic_save({"w": torch.arange(3.0)}, tmp_path / "sub" / "ckpt.pt")
+    assert torch.equal(load_checkpoint_file(path)["w"], torch.arange(3.0))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ckpt.pt"]
+
+
+def test_atomic_save_failure_keeps_the_old_file(tmp_path):
+    path = atomic_save({"w": torch.ones(2)}, tmp_path / "ckpt.pt")
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        atomic_save({"f": lambda: 0}, path)  # lambdas cannot be pickled: the write fails midway
+    assert torch.equal(load_checkpoint_file(path)["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_crafted_pickle_does_not_run(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": _RunsCode(str(marker))}, path)
+    with pytest.raises(CheckpointError, match="refusing to unpickle"):
+        load_checkpoint_file(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [(b"", "empty"), (b"not a checkpoint\n", "not a readable PyTorch checkpoint"), (None, "does not exist")],
+)
+def test_bad_files_give_one_clear_error(tmp_path, content, match):
+    path = tmp_path / "bad.pt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=match) as err:
+        load_checkpoint_file(path)
+    assert "\n" not in str(err.value)
+
+
+def test_truncated_checkpoint_is_skipped_for_the_newest_readable(tmp_path):
+    good = atomic_save({"epoch": 1}, tmp_path / "epoch_1.pt")
+    atomic_save({"epoch": 2, "w": torch.randn(1000)}, tmp_path / "epoch_2.pt")
+    data = (tmp_path / "epoch_2.pt").read_bytes()
+    (tmp_path / "epoch_2.pt").write_bytes(data[: len(data) // 2])
+    path, ckpt, skipped = newest_readable([tmp_path / "epoch_2.pt", good])
+    assert path == good and ckpt["epoch"] == 1
+    assert [p.name for p, _ in skipped] == ["epoch_2.pt"]
+    assert newest_readable([tmp_path / "epoch_2.pt"])[0] is None
