@@ -1,12 +1,15 @@
-"""python -m sparo_clip.benchmark: CLIP_benchmark's CLI with the SPARO configs registered."""
+"""sparo-clip benchmark (sparo_clip.clip_benchmark): CLIP_benchmark's CLI with the SPARO configs registered."""
 
 import importlib.util
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sparo_clip import benchmark
+from sparo_clip import clip_benchmark as benchmark
 
 from .eval_helpers import MODEL, Reference, png_bytes, save_checkpoint, write_lines, write_tar
 
@@ -22,6 +25,54 @@ TEMPLATES = ["a photo of a {c}.", "{c}"]
 def test_accuracy_helper_check_follows_numpy_version():
     broken = tuple(int(x) for x in np.__version__.split(".")[:2]) >= (2, 4)
     assert benchmark.accuracy_helper_works() is not broken  # the documented numpy 2.4 failure
+
+
+def _toy_dataset(tmp_path):
+    """CLIP_benchmark's local webdataset layout: classnames, templates, test/nshards.txt, test/0.tar."""
+    root = tmp_path / "toy"
+    (root / "test").mkdir(parents=True)
+    write_lines(root / "classnames.txt", NAMES)
+    write_lines(root / "zeroshot_classification_templates.txt", TEMPLATES)
+    (root / "test" / "nshards.txt").write_text("1\n")
+    samples = [
+        (f"s{i:03d}", {"png": png_bytes(300 + i), "cls": str(i % len(NAMES)).encode()}) for i in range(18)
+    ]
+    write_tar(root / "test" / "0.tar", samples)
+    return root
+
+
+@needs_clip_benchmark
+def test_sparo_clip_benchmark_console_command(tmp_path):
+    """``sparo-clip benchmark eval ...`` runs CLIP_benchmark on a SPARO checkpoint (same result as the module)."""
+    from sparo_clip import cli
+
+    root, ckpt = _toy_dataset(tmp_path), save_checkpoint(tmp_path / "sparo.pt")
+    argv = ["eval", "--model", MODEL, "--pretrained", str(ckpt), "--dataset", "wds/toy", "--dataset_root",
+            str(root), "--num_workers", "0", "--batch_size", "8", "--no_amp"]  # fmt: skip
+    assert cli.main(["benchmark", *argv, "--output", str(tmp_path / "a.json")]) == 0
+    assert benchmark.main([*argv, "--output", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    assert a["model"] == MODEL and a["metrics"] == b["metrics"]
+
+
+@needs_clip_benchmark
+def test_benchmark_command_registers_models_without_site_hooks(tmp_path):
+    """CLIP_benchmark alone (a fresh process) does not know the SPARO models: no .pth or import-time trick
+    makes them appear site-wide; the sub-command registers them in its own process only."""
+    code = (
+        "import clip_benchmark.cli, open_clip, sys\n"
+        "print('test-SPARO' in open_clip.list_models())\n"
+        "from sparo_clip import cli\n"
+        "sys.exit(cli.main(['benchmark', '--help']))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("False") and "usage: sparo-clip benchmark" in run.stdout
+    site = [Path(p) for p in sys.path if p.endswith("site-packages")]
+    pth_imports = [
+        ln for d in site for f in d.glob("*.pth") for ln in f.read_text(errors="replace").splitlines()
+    ]
+    assert not [ln for ln in pth_imports if ln.startswith("import") and "sparo" in ln]
 
 
 @needs_clip_benchmark

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 import sparo_clip
 from sparo_clip import viz
-from sparo_clip.viz.data import EOT_LABEL, SOT_LABEL
+from sparo_clip.viz.samples import EOT_LABEL, SOT_LABEL
 
 # (grid, patch size in pixels): ViT-B/32 and ViT-B/16 at 224 px, and a non-square 32x48 image with 8 px patches
 GRIDS = [((7, 7), 32), ((14, 14), 16), ((4, 6), 8)]

@@ -10,6 +10,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("sparo_clip.train", "train with open_clip_train's loop (accepts all its flags)"),
     "eval": ("sparo_clip.eval.cli", "evaluate: zeroshot | retrieval | sugarcrepe"),
     "select-slots": ("sparo_clip.eval.select", "search a subset of slots that maximises a metric"),
+    "benchmark": (
+        "sparo_clip.clip_benchmark",
+        "CLIP_benchmark with the SPARO models (accepts all its options)",
+    ),
     "viz": ("sparo_clip.viz", "slot attention pictures"),
     "make-data": ("sparo_clip.data.shapes", "generate the synthetic shapes world"),
     "parity": ("sparo_clip.parity", "build a parameter-matched SPARO config from an OpenCLIP ViT config"),

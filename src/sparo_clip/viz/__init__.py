@@ -16,7 +16,15 @@ Command line: ``sparo-clip viz --help`` (:func:`main`).
 """
 
 from .cli import main
-from .data import (
+from .figures import (
+    draw_tokens,
+    gallery_figure_layout,
+    overlay,
+    pair_figure_layout,
+    render_pair,
+    render_slot_gallery,
+)
+from .samples import (
     SlotReadout,
     attention_maps,
     caption_tokens,
@@ -27,14 +35,6 @@ from .data import (
     map_to_pixels,
     slot_agreement,
     valid_slots,
-)
-from .render import (
-    draw_tokens,
-    gallery_figure_layout,
-    overlay,
-    pair_figure_layout,
-    render_pair,
-    render_slot_gallery,
 )
 
 __all__ = [

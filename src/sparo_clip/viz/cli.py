@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data import SlotReadout, compute_readout
-from .render import render_pair, render_slot_gallery
+from .figures import render_pair, render_slot_gallery
+from .samples import SlotReadout, compute_readout
 
 logger = logging.getLogger(__name__)
 

@@ -1,11 +1,13 @@
-"""``python -m sparo_clip.benchmark ...``: CLIP_benchmark's own CLI with the SPARO models registered.
+"""``sparo-clip benchmark ...``: CLIP_benchmark's own CLI with the SPARO models registered.
 
 CLIP_benchmark's ``clip_benchmark`` console script never imports sparo_clip, so OpenCLIP's model registry
-there lacks the SPARO configs. This entry point imports sparo_clip first, then hands every argument to
-``clip_benchmark.cli.main`` unchanged::
+there lacks the SPARO configs. This bridge imports sparo_clip first (in this process only: no ``.pth`` file
+or other site-wide import hook), then hands every argument to ``clip_benchmark.cli.main`` unchanged::
 
-    python -m sparo_clip.benchmark eval --model ViT-B-32-SPARO --pretrained epoch_25.pt \\
+    sparo-clip benchmark eval --model ViT-B-32-SPARO --pretrained epoch_25.pt \\
         --dataset wds/imagenet1k --dataset_root /data/wds_imagenet1k --output result.json
+
+(``python -m sparo_clip.clip_benchmark eval ...`` is the same command.)
 
 Needs the ``bench`` extra (``pip install 'sparo-clip[bench]'``): clip_benchmark 1.6.2, the ``requests`` it
 imports without declaring it, and ``numpy<2.4``: CLIP_benchmark 1.6.2's top-k accuracy helper converts a
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         import clip_benchmark.cli as clip_benchmark_cli
     except ImportError as e:
         print(
-            f"sparo_clip.benchmark: CLIP_benchmark is not importable ({e}); install it with: pip install 'sparo-clip[bench]'",
+            f"sparo-clip benchmark: CLIP_benchmark is not importable ({e}); install it with: pip install 'sparo-clip[bench]'",
             file=sys.stderr,
         )
         return 2
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             numpy.__version__,
         )
     saved = sys.argv
-    sys.argv = ["clip_benchmark", *argv]  # its parser reads sys.argv
+    sys.argv = ["sparo-clip benchmark", *argv]  # its parser reads sys.argv
     try:
         clip_benchmark_cli.main()
     except SystemExit as e:
