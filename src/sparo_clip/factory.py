@@ -1,15 +1,25 @@
-"""Model creation with config overrides, and saving models in OpenCLIP's ``local-dir:`` layout."""
+"""Model creation with config overrides and checked checkpoint files, and saving in OpenCLIP's ``local-dir:`` layout.
+
+A checkpoint file given as ``pretrained=`` to :func:`create_model` / :func:`create_model_and_transforms` is
+first read here weights-only (:func:`sparo_clip.checkpoints.load_checkpoint_file`: tensors and plain
+containers, never code), so an empty, foreign or unsafe file ends in one :class:`CheckpointError` naming it;
+OpenCLIP then loads it as usual (``weights_only=True``, strict), and when that fails the error says which
+tensors do not fit the model.
+"""
 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import open_clip
 import torch
 
+from .checkpoints import CheckpointError, load_checkpoint_file
 from .model import SparoCLIP
 
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -47,11 +57,100 @@ def _override_kwargs(model_name: str, override_config: dict[str, Any] | None) ->
     return {key: merged[key] for key in override_config}
 
 
+def checkpoint_file(model_name: str, pretrained: Any) -> Path | None:
+    """The local checkpoint file ``pretrained`` names for ``model_name`` (None: no file, e.g. a pretrained tag)."""
+    if pretrained is None or model_name.startswith(("local-dir:", "hf-hub:")):  # OpenCLIP ignores pretrained
+        return None
+    text = os.fspath(pretrained)
+    looks_like_file = os.sep in text or Path(text).suffix in (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+    return Path(text) if os.path.exists(text) or looks_like_file else None
+
+
+def checkpoint_tensor_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of the model tensors in a checkpoint file, read weights-only.
+
+    Accepts a state dict, a training checkpoint holding one under ``state_dict`` (``module.`` prefixes of
+    DDP are dropped) or a ``.safetensors`` file.
+
+    Raises:
+        CheckpointError: missing, empty, unreadable or unsafe file, or one holding no tensors.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors" and path.is_file() and path.stat().st_size > 0:
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {e}") from e
+    obj = load_checkpoint_file(path)
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(v, torch.Tensor) for v in state.values())
+    ):
+        found = type(state).__name__ if not isinstance(state, dict) else f"a dict with keys {list(state)[:5]}"
+        raise CheckpointError(
+            f"checkpoint {path} holds no model weights: expected a state dict of tensors (or a training "
+            f"checkpoint with one under 'state_dict'), found {found}"
+        )
+    return {(k[7:] if k.startswith("module.") else k): tuple(v.shape) for k, v in state.items()}
+
+
+def fit_report(model: torch.nn.Module, shapes: dict[str, tuple[int, ...]], few: int = 3) -> str | None:
+    """Why a checkpoint's tensors do not fit ``model`` (None when every name and shape matches)."""
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(own.keys() - shapes.keys())
+    unexpected = sorted(shapes.keys() - own.keys())
+    wrong = sorted(k for k in own.keys() & shapes.keys() if own[k] != shapes[k])
+    if not (missing or unexpected or wrong):
+        return None
+    parts = [f"{len(missing)} of the model's {len(own)} tensors missing", f"{len(unexpected)} unexpected"]
+    parts.append(f"{len(wrong)} of another shape")
+    shown = [f"missing {missing[:few]}"] if missing else []
+    shown += [f"unexpected {unexpected[:few]}"] if unexpected else []
+    shown += [f"{k}: file {shapes[k]} vs model {own[k]}" for k in wrong[:few]]
+    return f"{', '.join(parts)} ({'; '.join(shown)})"
+
+
+def _create(build: Any, model_name: str, args: tuple, kwargs: dict[str, Any], override: dict | None) -> Any:
+    """Run OpenCLIP's ``build`` with a checked checkpoint file and weights-only loading."""
+    kwargs = dict(kwargs, **_override_kwargs(model_name, override))
+    kwargs.setdefault("weights_only", True)
+    if kwargs["weights_only"] is not True:
+        raise ValueError("weights_only=False is not supported: checkpoints load weights-only (no code runs)")
+    pretrained = args[0] if args else kwargs.get("pretrained")
+    path = checkpoint_file(model_name, pretrained)
+    if path is None or path.suffix in (".npz", ".npy"):  # tags, hub names, big_vision numpy weights
+        return build(model_name, *args, **kwargs)
+    shapes = checkpoint_tensor_shapes(path)  # one clear error for a missing, empty, foreign or unsafe file
+    try:
+        return build(model_name, *args, **kwargs)
+    except Exception as e:  # noqa: BLE001 (OpenCLIP's strict load raises RuntimeError, KeyError, ...)
+        accepted = inspect.signature(open_clip.create_model).parameters
+        skip = ("pretrained", "load_weights", "device", "precision", "jit", "require_pretrained")
+        same_arch = {
+            k: v for k, v in kwargs.items() if (k in accepted and k not in skip) or k in (override or {})
+        }
+        plain = open_clip.create_model(model_name, **same_arch)
+        report = fit_report(plain, shapes)
+        if report is None:
+            raise CheckpointError(
+                f"checkpoint {path}: OpenCLIP could not load it into {model_name}: {e}"
+            ) from e
+        raise CheckpointError(
+            f"checkpoint {path} does not fit model {model_name}: {report}; was it saved from another model?"
+        ) from e
+
+
 def create_model(model_name: str, *args: Any, override_config: dict[str, Any] | None = None, **kwargs: Any):
-    """``open_clip.create_model`` with ``override_config`` deep-merged into the model config."""
-    return open_clip.create_model(
-        model_name, *args, **kwargs, **_override_kwargs(model_name, override_config)
-    )
+    """``open_clip.create_model`` with ``override_config`` deep-merged into the model config.
+
+    A checkpoint file in ``pretrained`` is checked first and loaded weights-only (module docstring).
+    """
+    return _create(open_clip.create_model, model_name, args, kwargs, override_config)
 
 
 def create_model_and_transforms(
@@ -59,12 +158,13 @@ def create_model_and_transforms(
 ):
     """``open_clip.create_model_and_transforms`` with ``override_config`` deep-merged into the model config.
 
+    A checkpoint file in ``pretrained`` is checked first and loaded weights-only (module docstring).
+
     Example:
         >>> model, _, preprocess = create_model_and_transforms(
         ...     "ViT-B-32-SPARO", override_config={"sparo_cfg": {"slot_norm": "sqrtsem:norm"}})
     """
-    extra = _override_kwargs(model_name, override_config)
-    return open_clip.create_model_and_transforms(model_name, *args, **kwargs, **extra)
+    return _create(open_clip.create_model_and_transforms, model_name, args, kwargs, override_config)
 
 
 def save_pretrained(

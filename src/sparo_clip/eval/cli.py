@@ -14,6 +14,7 @@ from .common import (
     load_context,
     parse_slots,
     run_info,
+    skipped_report,
     slot_mask,
     write_results,
 )
@@ -43,7 +44,13 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     metrics = {name: cache.to(ctx.device).metrics(mask) for name, cache in caches.items()}
     if args.task != "zeroshot":  # one dataset: no per-dataset level
         (metrics,) = metrics.values()
-    return {"task": args.task} | run_info(args, ctx, slots) | {"data": data_info(args), "metrics": metrics}
+    skipped = [reason for cache in caches.values() for reason in getattr(cache, "skipped", [])]
+    return (
+        {"task": args.task}
+        | run_info(args, ctx, slots)
+        | {"data": data_info(args), "metrics": metrics}
+        | {"skipped_images": skipped_report(skipped)}
+    )
 
 
 def setup_logging() -> None:

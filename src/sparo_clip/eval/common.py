@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,13 @@ from open_clip_train.precision import get_autocast
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .. import loading
 from ..model import SparoCLIP
 from ..readout import select_slots
 
 logger = logging.getLogger(__name__)
 
+MAX_LISTED_SKIPPED = 20  # skipped files named in a result JSON (the count is always complete)
 PRECISIONS = ("fp32", "amp", "amp_bf16", "amp_bfloat16", "bf16", "fp16", "pure_bf16", "pure_fp16")
 
 
@@ -51,6 +52,11 @@ def common_parser(with_slots: bool = True) -> argparse.ArgumentParser:
             help="evaluate with only these SPARO slots: a JSON file written by select-slots, or a list like 0,3,7",
         )
     g.add_argument("--output", default=None, help="write the results as JSON to this file")
+    g.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop with an error at the first unreadable image instead of skipping it with a warning",
+    )
     return p
 
 
@@ -70,13 +76,35 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise EvalError(f"--device {args.device}: CUDA is not available here; use --device cpu")
     if args.precision is None:
         args.precision = "amp" if device.type == "cuda" else "fp32"
-    if args.pretrained is not None and not os.path.exists(args.pretrained):
-        tags = open_clip.list_pretrained_tags_by_model(args.model)
-        if args.pretrained not in tags:
-            raise EvalError(
-                f"--pretrained {args.pretrained!r}: no such file, and not a pretrained tag of {args.model!r} "
-                f"(tags: {tags})"
-            )
+    try:
+        loading.check_model_name(args.model)
+        loading.check_pretrained(args.model, args.pretrained)
+        loading.check_output_file(args.output)
+    except ValueError as e:
+        raise EvalError(str(e)) from e
+
+
+@dataclass
+class EncodedImages:
+    """Slots (N, L, V) of the readable images, their dataset indices, and ``"image PATH cannot be read: ..."``
+    for each skipped one."""
+
+    slots: torch.Tensor
+    kept: list[int]
+    skipped: list[str] = field(default_factory=list)
+
+
+def _collate(batch: list[tuple[Any, int]]) -> tuple[torch.Tensor | None, list[int], list[str]]:
+    """Stack the readable images of a batch; the failures (a reason instead of an image) come apart."""
+    good = [(x, i) for x, i in batch if not isinstance(x, str)]
+    failures = [x for x, _ in batch if isinstance(x, str)]
+    images = torch.stack([x for x, _ in good]) if good else None
+    return images, [i for _, i in good], failures
+
+
+def skipped_report(skipped: Sequence[str]) -> dict[str, Any]:
+    """The result JSON's record of skipped images: the full count and the first few reasons."""
+    return {"count": len(skipped), "files": list(skipped[:MAX_LISTED_SKIPPED])}
 
 
 @dataclass
@@ -94,6 +122,7 @@ class EvalContext:
     precision: str
     batch_size: int = 64
     workers: int = 0
+    strict: bool = False
 
     @property
     def is_sparo(self) -> bool:
@@ -131,13 +160,42 @@ class EvalContext:
                 out = self.model.encode_text(tokens, normalize=True)[:, None, :]
         return out.float().cpu()
 
-    def encode_dataset(self, dataset: Dataset, desc: str) -> torch.Tensor:
-        """Encode a map-style dataset of ``(image, index)`` in order: (N, L, V)."""
-        loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.workers, shuffle=False)
-        chunks = [self.image_slots(images) for images, _ in tqdm(loader, desc=desc, unit="batch")]
+    def encode_images(self, dataset: Dataset, desc: str) -> EncodedImages:
+        """Encode a map-style dataset of ``(image, index)`` in order, skipping unreadable images.
+
+        The dataset yields ``(reason, index)`` for a file it cannot read (:class:`~.folders.ImageList`
+        does): it is skipped with a warning naming it, or, with ``strict``, stops the run with that reason.
+        """
+        loader = DataLoader(
+            dataset, batch_size=self.batch_size, num_workers=self.workers, shuffle=False, collate_fn=_collate
+        )
+        chunks, kept, skipped = [], [], []
+        for images, index, failures in tqdm(loader, desc=desc, unit="batch"):
+            for reason in failures:
+                if self.strict:
+                    raise EvalError(f"{reason} (--strict; without it unreadable images are skipped)")
+                logger.warning("skipping unreadable image: %s", reason)
+                skipped.append(reason)
+            if images is not None:
+                chunks.append(self.image_slots(images))
+                kept += index
         if not chunks:
-            raise EvalError(f"{desc}: no images to encode")
-        return torch.cat(chunks)
+            raise EvalError(f"{desc}: no readable images to encode ({len(skipped)} skipped)")
+        return EncodedImages(torch.cat(chunks), kept, skipped)
+
+    def encode_dataset(self, dataset: Dataset, desc: str) -> torch.Tensor:
+        """Encode every image of a map-style dataset of ``(image, index)`` in order: (N, L, V).
+
+        For evaluations whose samples refer to images by position (pairs, triplets): an unreadable image
+        is an error naming the file, since skipping it would change what the other samples refer to.
+        """
+        enc = self.encode_images(dataset, desc)
+        if enc.skipped:
+            raise EvalError(
+                f"{desc}: {len(enc.skipped)} unreadable image(s), first: {enc.skipped[0]}; this evaluation "
+                "cannot skip images (other samples refer to them): replace or remove them"
+            )
+        return enc.slots
 
     def encode_texts(self, texts: Sequence[str], desc: str) -> torch.Tensor:
         """Encode captions in batches: (M, L, V)."""
@@ -148,63 +206,38 @@ class EvalContext:
 
 
 def load_context(args: argparse.Namespace) -> EvalContext:
-    """Build the model, its eval transform and tokenizer with OpenCLIP's factory."""
+    """Build the model, its eval transform and tokenizer (:func:`sparo_clip.loading.load_model`)."""
     check_common_args(args)
     if args.pretrained is None and not args.model.startswith(("local-dir:", "hf-hub:")):
         logger.warning("no --pretrained given: evaluating %s with randomly initialised weights", args.model)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            args.model, pretrained=args.pretrained, precision=args.precision, device=args.device
+        model, preprocess, tokenizer = loading.load_model(
+            args.model, args.pretrained, precision=args.precision, device=args.device
         )
-    except (RuntimeError, FileNotFoundError, ValueError) as e:
+    except ValueError as e:  # CheckpointError included
+        raise EvalError(str(e)) from e
+    except (RuntimeError, FileNotFoundError) as e:
         raise EvalError(f"cannot create model {args.model!r} (pretrained={args.pretrained!r}): {e}") from e
-    model.eval()
-    tokenizer = open_clip.get_tokenizer(args.model)
     return EvalContext(
-        model, preprocess, tokenizer, torch.device(args.device), args.precision, args.batch_size, args.workers
-    )
+        model, preprocess, tokenizer, torch.device(args.device), args.precision, args.batch_size, args.workers,
+        getattr(args, "strict", False),
+    )  # fmt: skip
 
 
 def parse_slots(value: str | None, num_slots: int, is_sparo: bool = True) -> list[int] | None:
-    """Resolve ``--slots``: a JSON file from select-slots or a comma list, validated against the model.
+    """Resolve ``--slots`` with :func:`sparo_clip.loading.parse_slots`, validated against the model.
 
     Returns:
-        Sorted unique slot indices, or None when ``value`` is None (all slots).
+        Sorted slot indices, or None when ``value`` is None (all slots).
     """
     if value is None:
         return None
     if not is_sparo:
         raise EvalError("--slots selects SPARO slots; the model is not a SPARO model (it has no slots)")
-    if os.path.isfile(value):
-        try:
-            data = json.loads(Path(value).read_text())
-        except json.JSONDecodeError as e:
-            raise EvalError(f"--slots {value}: not a JSON file ({e})") from e
-        if not isinstance(data, dict) or "selected_slots" not in data:
-            raise EvalError(
-                f"--slots {value}: expected a JSON object with 'selected_slots' (written by select-slots)"
-            )
-        if data.get("num_slots", num_slots) != num_slots:
-            raise EvalError(
-                f"--slots {value} was selected for a model with {data['num_slots']} slots; this model has {num_slots}"
-            )
-        items = data["selected_slots"]
-    else:
-        items = [s.strip() for s in value.split(",") if s.strip()]
-        if not items:
-            raise EvalError(f"--slots {value!r}: neither a file nor a comma-separated list of slot indices")
     try:
-        slots = sorted({int(s) for s in items})
-    except (TypeError, ValueError) as e:
-        raise EvalError(
-            f"--slots {value!r}: no such file, and not a comma-separated list of integer slot indices ({items})"
-        ) from e
-    bad = [s for s in slots if not 0 <= s < num_slots]
-    if bad:
-        raise EvalError(f"--slots: indices {bad} out of range; this model's slots are 0..{num_slots - 1}")
-    if not slots:
-        raise EvalError("--slots: the selection is empty; select at least one slot")
-    return slots
+        return sorted(loading.parse_slots(value, num_slots))
+    except ValueError as e:
+        raise EvalError(str(e)) from e
 
 
 def slot_mask(slots: Sequence[int] | None, num_slots: int) -> torch.Tensor | None:

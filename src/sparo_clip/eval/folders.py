@@ -17,9 +17,9 @@ from pathlib import Path
 
 import open_clip
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
+from ..loading import UnreadableImage, read_image
 from .common import EvalError
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,8 @@ _SUBSET_FILES = {"imagenet-r": "imagenet_r_synsets.txt", "imagenet-a": "imagenet
 
 
 class ImageList(Dataset):
-    """Images from a list of paths: ``(transform(image), index)``."""
+    """Images from a list of paths: ``(transform(image), index)``, or ``(reason, index)`` for a file that
+    cannot be read (corrupt, truncated, not an image, a decompression bomb); the encoder skips or refuses it."""
 
     def __init__(self, paths: Sequence[Path], transform: Callable) -> None:
         self.paths = list(paths)
@@ -39,9 +40,11 @@ class ImageList(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        with Image.open(self.paths[i]) as img:
-            return self.transform(img.convert("RGB")), i
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | str, int]:
+        try:
+            return self.transform(read_image(self.paths[i])), i
+        except UnreadableImage as e:
+            return str(e), i
 
 
 @dataclass
@@ -124,6 +127,13 @@ def image_folder(root: str | Path, classnames_file: str | Path) -> LabelledImage
             f"--classnames {classnames_file} lists {len(classnames)} class names but --data {root} has "
             f"{len(found)} class sub-folders ({_few(list(found))}); give one name per sub-folder, in sorted order"
         )
+    duplicates = sorted({c for c in classnames if classnames.count(c) > 1})
+    if duplicates:
+        logger.warning(
+            "--classnames %s: class name(s) %s appear more than once; classes with the same name get the same "
+            "text embedding, so images of one are scored as the other by chance",
+            classnames_file, _few(duplicates),
+        )  # fmt: skip
     paths, labels = [], []
     for label, images in enumerate(found.values()):
         paths += images

@@ -21,6 +21,7 @@ from .common import (
     data_info,
     load_context,
     run_info,
+    skipped_report,
     slot_mask,
     write_results,
 )
@@ -118,6 +119,9 @@ def select(args: argparse.Namespace) -> dict[str, Any]:
             "val_metrics": {"all_slots": all_val, "selected": sel_val},
             "test_metrics": {"all_slots": all_test, "selected": sel_test},
             "trace": found["traces"],
+            "skipped_images": skipped_report(
+                list(dict.fromkeys(getattr(val, "skipped", []) + getattr(test, "skipped", [])))
+            ),
         }
     )
 

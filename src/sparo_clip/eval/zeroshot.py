@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import open_clip
 import torch
@@ -130,6 +130,7 @@ class ZeroShotCache(SlotCache):
     images: torch.Tensor
     labels: torch.Tensor
     classes: torch.Tensor
+    skipped: list[str] = field(default_factory=list)  # unreadable images left out, with the reason
 
     def __post_init__(self) -> None:
         self.scores = SlotScores(self.images, self.classes)
@@ -143,7 +144,7 @@ class ZeroShotCache(SlotCache):
         return out | {"num_samples": len(self.labels), "num_classes": self.classes.shape[0]}
 
     def subset(self, index: torch.Tensor) -> ZeroShotCache:
-        return ZeroShotCache(self.name, self.images[index], self.labels[index], self.classes)
+        return ZeroShotCache(self.name, self.images[index], self.labels[index], self.classes, self.skipped)
 
     def split(self, val_fraction: float, seed: int) -> tuple[ZeroShotCache, ZeroShotCache]:
         val, test = split_groups(self.labels, val_fraction, seed, self.name)
@@ -187,6 +188,7 @@ def encode(ctx: EvalContext, data: ZeroShotData) -> dict[str, ZeroShotCache]:
             classes = imagenet_classes[ds.class_index]
         else:
             classes = class_slots(ctx, ds.classnames, data.templates)
-        images = ctx.encode_dataset(ImageList(ds.paths, ctx.preprocess), desc=f"encoding {ds.name}")
-        caches[ds.name] = ZeroShotCache(ds.name, images, torch.tensor(ds.labels), classes)
+        enc = ctx.encode_images(ImageList(ds.paths, ctx.preprocess), desc=f"encoding {ds.name}")
+        labels = torch.tensor(ds.labels)[enc.kept]
+        caches[ds.name] = ZeroShotCache(ds.name, enc.slots, labels, classes, enc.skipped)
     return caches

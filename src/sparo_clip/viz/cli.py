@@ -16,16 +16,17 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from ..loading import UnreadableImage, check_output_folder, load_model, parse_slots, read_image
 from .figures import render_pair, render_slot_gallery
 from .samples import SlotReadout, compute_readout
 
 logger = logging.getLogger(__name__)
 
-SLOT_KEYS = ("selected_slots", "slots")  # select-slots writes the first
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -57,32 +58,6 @@ def read_captions(path: str | Path, count: int) -> list[str]:
     return captions
 
 
-def parse_slots(spec: str | None) -> list[int] | None:
-    """``--slots``: a comma list of slot ids, or a JSON file with a list of them (select-slots output)."""
-    if spec is None:
-        return None
-    if spec.endswith(".json") or Path(spec).is_file():
-        try:
-            data = json.loads(Path(spec).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"--slots {spec}: cannot read it as JSON ({e})") from e
-        key = next((k for k in SLOT_KEYS if isinstance(data, dict) and isinstance(data.get(k), list)), None)
-        if key is None:
-            raise ValueError(
-                f"--slots {spec}: expected a JSON object with a list of slot ids under {SLOT_KEYS}"
-            )
-        values = data[key]
-    else:
-        values = [v.strip() for v in spec.split(",") if v.strip()]
-    try:
-        slots = [int(v) for v in values]
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"--slots {spec!r}: slot ids must be integers, e.g. '0,5,17'") from e
-    if not slots:
-        raise ValueError(f"--slots {spec!r}: no slot ids given")
-    return slots
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sparo-clip viz", description="Slot attention pictures for image-caption pairs."
@@ -108,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dpi", type=int, default=100)
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop with an error at the first unreadable image instead of skipping it (and its caption)",
+    )
     return p
 
 
@@ -123,31 +103,47 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--sharpen must be > 0, got {args.sharpen}")
 
 
+def read_images(
+    files: Sequence[Path], captions: Sequence[str], preprocess: Any, strict: bool = False
+) -> tuple[list[torch.Tensor], list[Path], list[str], list[str]]:
+    """Preprocessed images with their files and captions; unreadable images are skipped (with their caption)
+    and a warning naming them, or, with ``strict``, raise ValueError naming the file.
+
+    Returns:
+        (images, files, captions, skipped reasons).
+    """
+    images, kept, kept_captions, skipped = [], [], [], []
+    for f, caption in zip(
+        tqdm(files, desc="images", unit="img", disable=len(files) < 50), captions, strict=True
+    ):
+        try:
+            images.append(preprocess(read_image(f)))
+        except UnreadableImage as e:
+            if strict:
+                raise ValueError(f"{e} (--strict; without it unreadable images are skipped)") from e
+            logger.warning("skipping unreadable image and its caption: %s", e)
+            skipped.append(str(e))
+            continue
+        kept.append(f)
+        kept_captions.append(caption)
+    if not images:
+        raise ValueError(f"--images: none of the {len(files)} images can be read (first: {skipped[0]})")
+    return images, kept, kept_captions, skipped
+
+
 def load_readout(args: argparse.Namespace) -> SlotReadout:
-    """Load the model, images and captions named by ``args`` and compute the read-out."""
-    import open_clip
-    from PIL import Image
+    """Load the model, images and captions named by ``args`` and compute the read-out.
 
-    import sparo_clip  # noqa: F401  (registers the SPARO configs)
-
+    Unreadable images skipped on the way are listed in ``args.skipped_images``.
+    """
     slots = parse_slots(args.slots)
     files = image_files(args.images)
     captions = read_captions(args.captions, len(files))
-    if (
-        not args.model.startswith(("local-dir:", "hf-hub:"))
-        and args.model.replace("/", "-") not in open_clip.list_models()
-    ):
-        raise ValueError(
-            f"--model {args.model!r} is not a registered model; SPARO models: {sparo_clip.sparo_model_names()}"
-        )
-    model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=args.pretrained)
+    check_output_folder(args.out)
+    model, preprocess, tokenizer = load_model(args.model, args.pretrained)
     if args.pretrained is None and not args.model.startswith(("local-dir:", "hf-hub:")):
         logger.warning("no --pretrained checkpoint: showing an untrained %s", args.model)
-    tokenizer = open_clip.get_tokenizer(args.model)
-    images = []
-    for f in tqdm(files, desc="images", unit="img", disable=len(files) < 50):
-        with Image.open(f) as im:
-            images.append(preprocess(im.convert("RGB")))
+    images, files, captions, args.skipped_images = read_images(files, captions, preprocess, args.strict)
     return compute_readout(
         model, torch.stack(images), captions, tokenizer, names=[f.name for f in files], slots=slots,
         min_agreement=args.min_agreement, drop_special=not args.keep_special,
@@ -203,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sparo-clip viz: error: {e}", file=sys.stderr)
         return 2
     written = write_pictures(readout, args)
-    summary = readout.summary(args.top_k) | {"files": written}
+    skipped = args.skipped_images
+    summary = readout.summary(args.top_k) | {
+        "files": written,
+        "skipped_images": {"count": len(skipped), "files": skipped[:20]},
+    }
     out = Path(args.out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     logger.info("wrote %d pair pictures and %d slot galleries to %s", len(written["pairs"]),
