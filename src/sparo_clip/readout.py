@@ -237,9 +237,13 @@ def select_slots(slots: torch.Tensor, selection: torch.Tensor | list[int] | tupl
             raise ValueError(f"a boolean slot mask must have shape ({num_slots},), got {tuple(sel.shape)}")
         keep = sel
     else:
-        sel = sel.long().flatten()
         if sel.numel() == 0:
             raise ValueError("slot selection is empty: select at least one slot")
+        if sel.is_floating_point() or sel.is_complex():
+            raise ValueError(f"slot indices must be integers (or a boolean mask), got {sel.tolist()}")
+        sel = sel.long().flatten()
+        if sel.unique().numel() != sel.numel():
+            raise ValueError(f"slot indices must not repeat, got {sel.tolist()}")
         if int(sel.min()) < 0 or int(sel.max()) >= num_slots:
             raise ValueError(f"slot indices must lie in [0, {num_slots - 1}], got {sel.tolist()}")
         keep = torch.zeros(num_slots, dtype=torch.bool, device=slots.device)
