@@ -12,6 +12,7 @@ allowed, before any work starts.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import warnings
@@ -133,11 +134,13 @@ def check_model_name(model_name: str) -> None:
                 f"--model {model_name}: {folder} holds no open_clip_config.json (a save_pretrained folder)"
             )
         return
-    if model_name.startswith("hf-hub:") or model_name.replace("/", "-") in open_clip.list_models():
+    models = open_clip.list_models()
+    if model_name.startswith("hf-hub:") or model_name.replace("/", "-") in models:
         return
+    close = difflib.get_close_matches(model_name, models, n=5, cutoff=0.6)
+    hint = f"close names: {close}" if close else f"SPARO models: {sparo_model_names()}"
     raise ValueError(
-        f"--model {model_name!r} is not a registered model (OpenCLIP's registry); SPARO models: {sparo_model_names()} "
-        "(all models: python -c 'import open_clip, sparo_clip; print(open_clip.list_models())')"
+        f"--model {model_name!r} is not a registered model (OpenCLIP's registry, {len(models)} models); {hint}"
     )
 
 
@@ -223,3 +226,18 @@ def check_output_folder(path: str | os.PathLike[str], option: str = "--out") -> 
         probe.unlink()
     except OSError as e:
         raise ValueError(f"{option} {path}: cannot write into this folder ({e.strerror or e})") from e
+
+
+def check_device(device: str, option: str = "--device") -> torch.device:
+    """The torch device named by ``device``; ValueError when it is not one or is not available here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"{option} {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{option} {device}: CUDA is not available here; use {option} cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"{option} {device}: there are {torch.cuda.device_count()} CUDA devices here")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{option} {device}: MPS is not available here; use {option} cpu")
+    return dev

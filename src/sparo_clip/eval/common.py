@@ -69,11 +69,9 @@ def check_common_args(args: argparse.Namespace) -> None:
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        device = torch.device(args.device)
-    except RuntimeError as e:
-        raise EvalError(f"--device {args.device!r} is not a torch device: {e}") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError(f"--device {args.device}: CUDA is not available here; use --device cpu")
+        device = loading.check_device(args.device)
+    except ValueError as e:
+        raise EvalError(str(e)) from e
     if args.precision is None:
         args.precision = "amp" if device.type == "cuda" else "fp32"
     try:

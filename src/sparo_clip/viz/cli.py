@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..loading import UnreadableImage, check_output_folder, load_model, parse_slots, read_image
+from ..loading import UnreadableImage, check_device, check_output_folder, load_model, parse_slots, read_image
 from .figures import render_pair, render_slot_gallery
 from .samples import SlotReadout, compute_readout
 
@@ -101,6 +101,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-pairs must be >= 0, got {args.max_pairs}")
     if args.sharpen <= 0:
         raise ValueError(f"--sharpen must be > 0, got {args.sharpen}")
+    check_device(args.device)
 
 
 def read_images(
