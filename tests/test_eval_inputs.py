@@ -107,7 +107,7 @@ def _bad_checkpoints(tmp_path, ckpt):
         "zero.pt": "empty (0 bytes)",
         "text.pt": "not a readable PyTorch checkpoint",
         "truncated.pt": "not a readable PyTorch checkpoint",
-        "clip.pt": "does not fit model test-SPARO: 26 of the model's 46 tensors missing, 42 unexpected",
+        "clip.pt": "does not fit model test-SPARO: 26 missing, 42 unexpected, 0 with a size mismatch of the model's 46 tensors",
         "noweights.pt": "holds no model weights",
         "missing.pt": "does not exist",
     }
@@ -124,7 +124,11 @@ def test_bad_checkpoint_files_give_one_clear_line(tmp_path, ckpt, folder, capsys
     with pytest.raises(CheckpointError) as info:
         sparo_clip.create_model(MODEL, pretrained=str(tmp_path / "clip.pt"))
     line = str(info.value)
-    assert "missing ['image_readout" in line and "unexpected ['ln_final" in line
+    assert "Missing ['image_readout" in line and "Unexpected ['ln_final" in line
+    with pytest.raises(
+        RuntimeError, match="0 missing, 0 unexpected, 6 with a size mismatch .* size mismatch image_"
+    ):
+        sparo_clip.create_model(MODEL, pretrained=str(ckpt), override_config={"sparo_cfg": {"heads": 2}})
     model = sparo_clip.create_model(MODEL, pretrained=str(ckpt))  # a good file still loads, exactly
     ref = torch.load(ckpt, weights_only=True)
     assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())

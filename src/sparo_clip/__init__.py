@@ -16,6 +16,7 @@ from .factory import (
     resolve_model_config,
     save_pretrained,
 )
+from .loading import load_model
 from .model import SparoCLIP
 from .parity import parity_config
 from .readout import SparoReadout, normalize_slots, select_slots
@@ -33,6 +34,7 @@ __all__ = [
     "create_model",
     "create_model_and_transforms",
     "deep_merge",
+    "load_model",
     "normalize_slots",
     "parity_config",
     "register_model_builder",

@@ -57,6 +57,10 @@ def _override_kwargs(model_name: str, override_config: dict[str, Any] | None) ->
     return {key: merged[key] for key in override_config}
 
 
+class CheckpointMismatch(CheckpointError, RuntimeError):
+    """A readable checkpoint whose tensors do not fit the model (a RuntimeError too, as torch's strict load)."""
+
+
 def checkpoint_file(model_name: str, pretrained: Any) -> Path | None:
     """The local checkpoint file ``pretrained`` names for ``model_name`` (None: no file, e.g. a pretrained tag)."""
     if pretrained is None or model_name.startswith(("local-dir:", "hf-hub:")):  # OpenCLIP ignores pretrained
@@ -113,12 +117,11 @@ def fit_report(model: torch.nn.Module, shapes: dict[str, tuple[int, ...]], few: 
     wrong = sorted(k for k in own.keys() & shapes.keys() if own[k] != shapes[k])
     if not (missing or unexpected or wrong):
         return None
-    parts = [f"{len(missing)} of the model's {len(own)} tensors missing", f"{len(unexpected)} unexpected"]
-    parts.append(f"{len(wrong)} of another shape")
-    shown = [f"missing {missing[:few]}"] if missing else []
-    shown += [f"unexpected {unexpected[:few]}"] if unexpected else []
-    shown += [f"{k}: file {shapes[k]} vs model {own[k]}" for k in wrong[:few]]
-    return f"{', '.join(parts)} ({'; '.join(shown)})"
+    parts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} with a size mismatch"
+    shown = [f"Missing {missing[:few]}"] if missing else []
+    shown += [f"Unexpected {unexpected[:few]}"] if unexpected else []
+    shown += [f"size mismatch {k}: file {shapes[k]} vs model {own[k]}" for k in wrong[:few]]
+    return f"{parts} of the model's {len(own)} tensors ({'; '.join(shown)})"
 
 
 def _create(build: Any, model_name: str, args: tuple, kwargs: dict[str, Any], override: dict | None) -> Any:
@@ -146,7 +149,7 @@ def _create(build: Any, model_name: str, args: tuple, kwargs: dict[str, Any], ov
             raise CheckpointError(
                 f"checkpoint {path}: OpenCLIP could not load it into {model_name}: {e}"
             ) from e
-        raise CheckpointError(
+        raise CheckpointMismatch(
             f"checkpoint {path} does not fit model {model_name}: {report}; was it saved from another model?"
         ) from e
 

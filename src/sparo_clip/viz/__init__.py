@@ -2,11 +2,10 @@
 
 Data API (for notebooks)::
 
-    import open_clip, sparo_clip
-    from sparo_clip import viz
+    from sparo_clip import loading, viz
 
-    model, _, preprocess = open_clip.create_model_and_transforms("tiny-SPARO", pretrained="ckpt.pt")
-    readout = viz.compute_readout(model, images, captions, open_clip.get_tokenizer("tiny-SPARO"))
+    model, preprocess, tokenizer = loading.load_model("tiny-SPARO", "ckpt.pt")
+    readout = viz.compute_readout(model, images, captions, tokenizer)
     readout.agreement        # (B, L) image-text cosine per slot
     readout.patch_maps       # (B, L, grid_h, grid_w) attention over patches; readout.cls_weight (B, L)
     readout.tokens, readout.token_weights  # decoded tokens and (L, n_tokens) weights per caption
