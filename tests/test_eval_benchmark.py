@@ -56,6 +56,35 @@ def test_sparo_clip_benchmark_console_command(tmp_path):
 
 
 @needs_clip_benchmark
+def test_benchmark_command_refuses_bad_checkpoints_in_one_line(tmp_path, capsys):
+    from sparo_clip import cli
+
+    root = _toy_dataset(tmp_path)
+    (tmp_path / "zero.pt").write_bytes(b"")
+    argv = [
+        "eval",
+        "--model",
+        MODEL,
+        "--dataset",
+        "wds/toy",
+        "--dataset_root",
+        str(root),
+        "--num_workers",
+        "0",
+    ]
+    assert cli.main(["benchmark", *argv, "--pretrained", str(tmp_path / "zero.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"sparo-clip benchmark: error: checkpoint {tmp_path / 'zero.pt'} is empty (0 bytes): an interrupted write?"
+    ]
+    assert benchmark.pretrained_files(["--pretrained", "a.pt", "b.pt", "--x", "1", "--pretrained=c.pt"]) == [
+        "a.pt",
+        "b.pt",
+        "c.pt",
+    ]
+
+
+@needs_clip_benchmark
 def test_benchmark_command_registers_models_without_site_hooks(tmp_path):
     """CLIP_benchmark alone (a fresh process) does not know the SPARO models: no .pth or import-time trick
     makes them appear site-wide; the sub-command registers them in its own process only."""

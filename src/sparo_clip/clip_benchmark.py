@@ -36,6 +36,33 @@ def accuracy_helper_works() -> bool:
     return True
 
 
+def pretrained_files(argv: list[str]) -> list[str]:
+    """The values of ``--pretrained`` (one or more) in a CLIP_benchmark command line."""
+    values, taking = [], False
+    for arg in argv:
+        if arg.startswith("-"):
+            taking = arg == "--pretrained"
+            if arg.startswith("--pretrained="):
+                values.append(arg.split("=", 1)[1])
+        elif taking:
+            values.append(arg)
+    return values
+
+
+def check_checkpoints(argv: list[str]) -> None:
+    """Read every checkpoint file given as ``--pretrained`` weights-only before CLIP_benchmark starts.
+
+    Raises:
+        CheckpointError: one line naming a missing, empty, unreadable or unsafe file.
+    """
+    from .factory import checkpoint_file, checkpoint_tensor_shapes
+
+    for value in pretrained_files(argv):
+        path = checkpoint_file("", value)
+        if path is not None:
+            checkpoint_tensor_shapes(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``clip_benchmark`` with ``argv`` (default: ``sys.argv[1:]``) after registering the SPARO configs."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -48,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     import sparo_clip  # noqa: F401  (registers the SPARO configs in this process)
+    from sparo_clip.checkpoints import CheckpointError
+
+    try:
+        check_checkpoints(argv)
+    except CheckpointError as e:
+        print(f"sparo-clip benchmark: error: {e}", file=sys.stderr)
+        return 2
 
     if not accuracy_helper_works():
         import numpy
