@@ -103,6 +103,7 @@ def _bad_checkpoints(tmp_path, ckpt):
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
     torch.save(open_clip.create_model("test-CLIP").state_dict(), tmp_path / "clip.pt")
     torch.save({"epoch": 3, "note": "no weights"}, tmp_path / "noweights.pt")
+    (tmp_path / "garbage.safetensors").write_bytes(b"garbage" * 10)
     return {
         "zero.pt": "empty (0 bytes)",
         "text.pt": "not a readable PyTorch checkpoint",
@@ -110,6 +111,7 @@ def _bad_checkpoints(tmp_path, ckpt):
         "clip.pt": "does not fit model test-SPARO: 26 missing, 42 unexpected, 0 with a size mismatch of the model's 46 tensors",
         "noweights.pt": "holds no model weights",
         "missing.pt": "does not exist",
+        "garbage.safetensors": "not a readable safetensors file",
     }
 
 
