@@ -13,7 +13,7 @@ from PIL import Image
 import sparo_clip
 from sparo_clip import loading, viz
 from sparo_clip.checkpoints import CheckpointError
-from sparo_clip.eval import cli
+from sparo_clip.eval import cli, zeroshot
 from sparo_clip.eval.common import EvalContext
 from sparo_clip.eval.folders import image_folder
 
@@ -159,6 +159,7 @@ def test_unwritable_output_fails_before_any_work(tmp_path, ckpt, folder, capsys,
         raise AssertionError("encoding started before --output was checked")
 
     monkeypatch.setattr(EvalContext, "encode_images", no_work)
+    monkeypatch.setattr(zeroshot, "prepare", no_work)  # not even the data folders are scanned
     blocker = write_lines(tmp_path / "file.txt", ["x"])
     assert cli.main([*_zeroshot(folder, ckpt), "--output", str(blocker / "result.json")]) == 2
     assert f"--output {blocker / 'result.json'}: cannot be written" in _one_line_error(capsys, "sparo-clip")

@@ -9,6 +9,7 @@ from typing import Any
 
 from .common import (
     EvalError,
+    check_common_args,
     common_parser,
     data_info,
     load_context,
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Check the data, load the model, encode, and score with the selected slots."""
     module = TASKS[args.task]
+    check_common_args(args)  # options and --output before the data is scanned
     data = module.prepare(args)  # layout errors before the model is loaded
     ctx = load_context(args)
     slots = parse_slots(args.slots, ctx.num_slots, ctx.is_sparo)

@@ -17,6 +17,7 @@ from .cli import setup_logging
 from .common import (
     EvalContext,
     EvalError,
+    check_common_args,
     common_parser,
     data_info,
     load_context,
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _split(args: argparse.Namespace) -> tuple[EvalContext, tuple[Any, Any], dict[str, Any]]:
     """Check the data, load the model, encode, and return the validation and test caches."""
     module = TASKS[args.task]
+    check_common_args(args)  # options and --output before the data is scanned
     if args.task == "zeroshot" and len(module.data_specs(args)) != 1:
         raise EvalError("select-slots zeroshot takes exactly one dataset (--data or one --imagenet-* folder)")
     data = module.prepare(args)
