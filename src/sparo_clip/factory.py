@@ -125,7 +125,11 @@ def fit_report(model: torch.nn.Module, shapes: dict[str, tuple[int, ...]], few: 
 
 
 def _create(build: Any, model_name: str, args: tuple, kwargs: dict[str, Any], override: dict | None) -> Any:
-    """Run OpenCLIP's ``build`` with a checked checkpoint file and weights-only loading."""
+    """Run OpenCLIP's ``build`` with a checked checkpoint file and weights-only loading.
+
+    A checkpoint file is read twice when it loads (here weights-only for the check, then by OpenCLIP); its
+    tensors are not kept in between.
+    """
     kwargs = dict(kwargs, **_override_kwargs(model_name, override))
     kwargs.setdefault("weights_only", True)
     if kwargs["weights_only"] is not True:
@@ -138,20 +142,28 @@ def _create(build: Any, model_name: str, args: tuple, kwargs: dict[str, Any], ov
     try:
         return build(model_name, *args, **kwargs)
     except Exception as e:  # noqa: BLE001 (OpenCLIP's strict load raises RuntimeError, KeyError, ...)
-        accepted = inspect.signature(open_clip.create_model).parameters
-        skip = ("pretrained", "load_weights", "device", "precision", "jit", "require_pretrained")
-        same_arch = {
-            k: v for k, v in kwargs.items() if (k in accepted and k not in skip) or k in (override or {})
-        }
-        plain = open_clip.create_model(model_name, **same_arch)
-        report = fit_report(plain, shapes)
-        if report is None:
-            raise CheckpointError(
-                f"checkpoint {path}: OpenCLIP could not load it into {model_name}: {e}"
-            ) from e
+        report = _fit_report_for(model_name, kwargs, override, shapes)
+        if report is None:  # the tensors fit: the failure is not the checkpoint's
+            raise
         raise CheckpointMismatch(
             f"checkpoint {path} does not fit model {model_name}: {report}; was it saved from another model?"
         ) from e
+
+
+def _fit_report_for(
+    model_name: str, kwargs: dict[str, Any], override: dict | None, shapes: dict[str, tuple[int, ...]]
+) -> str | None:
+    """:func:`fit_report` against a freshly built model of the same architecture (None if it cannot be built)."""
+    accepted = inspect.signature(open_clip.create_model).parameters
+    skip = ("pretrained", "load_weights", "device", "precision", "jit", "require_pretrained")
+    same_arch = {
+        k: v for k, v in kwargs.items() if (k in accepted and k not in skip) or k in (override or {})
+    }
+    try:
+        plain = open_clip.create_model(model_name, **same_arch)
+    except Exception:  # noqa: BLE001 (then the original error is the one to show)
+        return None
+    return fit_report(plain, shapes)
 
 
 def create_model(model_name: str, *args: Any, override_config: dict[str, Any] | None = None, **kwargs: Any):
