@@ -296,6 +296,7 @@ def test_one_slots_parser_reads_files_for_the_right_model(tmp_path):
         (["--batch-size", "0"], "--batch-size must be >= 1"),
         (["--slots", "1.5"], "must be integers"),
         (["--slots", "2,2"], "given more than once"),
+        (["--slots", "1,9"], "--slots: indices [9] out of range; this model's slots are 0..3"),
     ],
 )
 def test_eval_and_viz_bad_options_are_one_line(tmp_path, ckpt, folder, capsys, extra, message):

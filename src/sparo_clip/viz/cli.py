@@ -142,6 +142,9 @@ def load_readout(args: argparse.Namespace) -> SlotReadout:
     captions = read_captions(args.captions, len(files))
     check_output_folder(args.out)
     model, preprocess, tokenizer = load_model(args.model, args.pretrained)
+    sparo_cfg = getattr(model, "sparo_cfg", None)
+    if slots is not None and sparo_cfg is not None:
+        slots = parse_slots(args.slots, sparo_cfg.num_slots)  # now also checked against the model's slots
     if args.pretrained is None and not args.model.startswith(("local-dir:", "hf-hub:")):
         logger.warning("no --pretrained checkpoint: showing an untrained %s", args.model)
     images, files, captions, args.skipped_images = read_images(files, captions, preprocess, args.strict)
