@@ -13,7 +13,7 @@ from PIL import Image
 import sparo_clip
 from sparo_clip import loading, viz
 from sparo_clip.checkpoints import CheckpointError
-from sparo_clip.eval import cli, zeroshot
+from sparo_clip.eval import cli, select, zeroshot
 from sparo_clip.eval.common import EvalContext
 from sparo_clip.eval.folders import image_folder
 
@@ -189,6 +189,9 @@ def test_unreadable_images_are_skipped_and_reported(tmp_path, ckpt, folder, bad_
     assert cli.main([*_zeroshot(folder, ckpt), "--output", str(clean)]) == 0
     assert result["metrics"] == json.loads(clean.read_text())["metrics"]  # the good images, scored as before
     assert json.loads(clean.read_text())["skipped_images"] == {"count": 0, "files": []}
+    sel = tmp_path / "sel.json"
+    assert select.main([*_zeroshot(data, ckpt), "--val-fraction", "0.5", "--output", str(sel)]) == 0
+    assert json.loads(sel.read_text())["skipped_images"]["count"] == 5
     capsys.readouterr()
     assert cli.main([*_zeroshot(data, ckpt), "--strict"]) == 2
     line = _one_line_error(capsys, "sparo-clip eval zeroshot: error: image ")
