@@ -309,3 +309,26 @@ def test_eval_and_viz_bad_options_are_one_line(tmp_path, ckpt, folder, capsys, e
     argv = ["--model", MODEL, "--pretrained", str(ckpt), "--images", str(images), "--captions", str(captions)]
     assert viz.main([*argv, "--out", str(tmp_path / "viz"), *extra]) == 2
     assert message in _one_line_error(capsys, "sparo-clip viz: error:")
+
+
+def test_doc_pictures_command_reports_bad_input_in_one_line(tmp_path, folder, capsys):
+    from sparo_clip.viz import docs
+
+    (tmp_path / "zero.pt").write_bytes(b"")
+    images, captions = folder / "data" / "cat", write_lines(tmp_path / "c.txt", ["a", "b", "c"])
+    argv = [
+        "--model",
+        MODEL,
+        "--images",
+        str(images),
+        "--captions",
+        str(captions),
+        "--out",
+        str(tmp_path / "d"),
+    ]
+    assert docs.main([*argv, "--pretrained", str(tmp_path / "zero.pt")]) == 2
+    assert "is empty (0 bytes)" in _one_line_error(capsys, "sparo-clip viz: error:")
+    blocker = write_lines(tmp_path / "file.txt", ["x"])
+    argv[-1] = str(blocker / "d")
+    assert docs.main([*argv, "--pretrained", str(tmp_path / "zero.pt")]) == 2
+    assert "cannot write into this folder" in _one_line_error(capsys, "python -m sparo_clip.viz.docs: error:")

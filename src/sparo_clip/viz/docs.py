@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..loading import check_output_folder
 from .cli import main as viz_main
 
 DOC_FILES = ("pair_1.png", "pair_2.png", "slot_rank_1.png", "slot_rank_2.png")
@@ -64,7 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--captions", required=True)
     p.add_argument("--out", default="docs/img/visualization")
     args, extra = p.parse_known_args(argv)
-    for path in render_doc_pictures(args.model, args.pretrained, args.images, args.captions, args.out, extra):
+    try:
+        check_output_folder(args.out)
+        written = render_doc_pictures(
+            args.model, args.pretrained, args.images, args.captions, args.out, extra
+        )
+    except ValueError as e:  # sparo-clip viz has printed its own one-line error already
+        if not str(e).startswith("sparo-clip viz failed"):
+            print(f"python -m sparo_clip.viz.docs: error: {e}", file=sys.stderr)
+        return 2
+    for path in written:
         print(path)
     return 0
 
