@@ -20,7 +20,7 @@ from open_clip.timm_model import TimmModel
 from open_clip.transformer import TextTransformer, VisionTransformer
 from torch import nn
 
-from .towers import add_logits, text_key_mask, text_mask_rule
+from .towers import add_logits, text_key_mask, text_mask_rule, unlock_last_blocks
 
 
 def as_cfg_dict(cfg: Any) -> dict[str, Any]:
@@ -43,13 +43,9 @@ def checked_cfg(cls: type, cfg: dict[str, Any], name: str) -> Any:
 
 
 def _has_projection(tower: nn.Module) -> bool:
-    """Whether a tower keeps its own projection (then that projection is its last lock group)."""
-    if isinstance(tower, VisionTransformer):
-        return tower.proj is not None
+    """Whether a text tower keeps its own projection (then that projection is its last lock group)."""
     if isinstance(tower, TextTransformer):
         return tower.text_projection is not None
-    if isinstance(tower, TimmModel):
-        return len(tower.head) > 0
     if isinstance(tower, HFTextEncoder):
         return not isinstance(tower.proj, nn.Identity)
     return True
@@ -129,16 +125,28 @@ class ReadoutCLIP(CustomTextCLIP):
                 visual.lock(unlocked_groups=unlocked_groups, freeze_bn_stats=freeze_bn_stats)
             finally:
                 visual.proj = None
+        elif isinstance(visual, TimmModel):
+            # timm's own groups differ by architecture (its ViT puts the final norm in a group of its own)
+            visual.lock(0, freeze_bn_stats=freeze_bn_stats)
+            visual.head.requires_grad_(unlocked_groups > 0)  # a projection, if kept, is the last group
+            unlock_last_blocks(visual, unlocked_groups - 1)
         else:
-            own = _has_projection(visual) or unlocked_groups == 0
-            visual.lock(unlocked_groups if own else unlocked_groups - 1, freeze_bn_stats=freeze_bn_stats)
+            visual.lock(unlocked_groups, freeze_bn_stats=freeze_bn_stats)
         for p in self.image_head_parameters():
             p.requires_grad = unlocked_groups > 0
 
     def lock_text_tower(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
         """Lock as :meth:`lock_image_tower` does: the last ``unlocked_layers`` groups stay trainable."""
         own = _has_projection(self.text) or unlocked_layers == 0
-        self.text.lock(unlocked_layers if own else unlocked_layers - 1, freeze_layer_norm)
+        tower_groups = unlocked_layers if own else unlocked_layers - 1
+        if isinstance(self.text, HFTextEncoder):
+            # OpenCLIP's HF lock needs a per-architecture layer name (absent for BERT): lock all, then
+            # unlock the last blocks found by the tower adapter (a projection is trained with the head).
+            self.text.lock(0, freeze_layer_norm)
+            self.text.proj.requires_grad_(unlocked_layers > 0)
+            unlock_last_blocks(self.text, unlocked_layers - 1)
+        else:
+            self.text.lock(tower_groups, freeze_layer_norm)
         for p in self.text_head_parameters():
             p.requires_grad = unlocked_layers > 0
 

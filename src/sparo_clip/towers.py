@@ -141,8 +141,9 @@ def text_tokens(
 def text_width_heads(tower: nn.Module) -> tuple[int, int]:
     """(token width, attention heads) of a text tower."""
     if isinstance(tower, HFTextEncoder):
-        names = arch_dict[tower.config.model_type]["config_names"]
-        return getattr(tower.config, names["width"]), getattr(tower.config, names["heads"])
+        names = arch_dict.get(tower.config.model_type, {}).get("config_names", {})
+        width = getattr(tower.config, names.get("width", "hidden_size"))
+        return width, getattr(tower.config, names.get("heads", "num_attention_heads"))
     return tower.width, tower.heads
 
 
@@ -153,7 +154,13 @@ def block_list(tower: nn.Module) -> nn.Sequential | nn.ModuleList:
         return tower.transformer.resblocks
     if isinstance(tower, HFTextEncoder):
         encoder = getattr(tower.transformer, "encoder", tower.transformer)
-        return getattr(encoder, arch_dict[tower.config.model_type]["config_names"]["layer_attr"])
+        names = arch_dict.get(tower.config.model_type, {}).get("config_names", {})
+        for attr in (names.get("layer_attr"), "layer", "layers", "block"):
+            if attr and isinstance(getattr(encoder, attr, None), nn.ModuleList):
+                return getattr(encoder, attr)
+        raise NotImplementedError(
+            f"Hugging Face model type {tower.config.model_type!r}: no list of layers found on its encoder"
+        )
     if isinstance(tower, TimmModel):
         trunk = tower.trunk
         if isinstance(getattr(trunk, "blocks", None), (nn.Sequential, nn.ModuleList)):
@@ -171,6 +178,27 @@ def block_list(tower: nn.Module) -> nn.Sequential | nn.ModuleList:
     raise NotImplementedError(f"no block list known for tower {type(tower).__name__}")
 
 
+def unlock_last_blocks(tower: nn.Module, k: int) -> None:
+    """Make the last ``k`` blocks trainable, with everything after them (final norms) joining the last one.
+
+    Used for timm and Hugging Face towers, whose own lock groups differ by architecture (timm's ViT puts its
+    final norm in a group of its own; OpenCLIP's HF lock has no layer name for BERT).
+    """
+    if k <= 0:
+        return
+    blocks = list(block_list(tower))
+    in_blocks = {id(p) for b in blocks for p in b.parameters()}
+    last = {id(p) for p in blocks[-1].parameters()}
+    for b in blocks[max(len(blocks) - k, 0) :]:
+        b.requires_grad_(True)
+    after_last = False
+    for p in tower.parameters():  # registration order: stem, blocks, then final norms / heads
+        if id(p) in last:
+            after_last = True
+        elif after_last and id(p) not in in_blocks:
+            p.requires_grad = True
+
+
 def drop_last_blocks(tower: nn.Module, n: int, where: str) -> None:
     """Remove the last ``n`` blocks of a built tower (``where`` names its config in errors)."""
     blocks = block_list(tower)
@@ -184,8 +212,8 @@ def drop_last_blocks(tower: nn.Module, n: int, where: str) -> None:
     for _ in range(n):
         del blocks[len(blocks) - 1]
     if isinstance(tower, HFTextEncoder):  # HF encoders read their depth from the config in places
-        names = arch_dict[tower.config.model_type]["config_names"]
-        setattr(tower.config, names["layers"], len(blocks))
+        names = arch_dict.get(tower.config.model_type, {}).get("config_names", {})
+        setattr(tower.config, names.get("layers", "num_hidden_layers"), len(blocks))
 
 
 def add_logits(
