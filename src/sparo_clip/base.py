@@ -146,7 +146,9 @@ class ReadoutCLIP(CustomTextCLIP):
             self.text.proj.requires_grad_(unlocked_layers > 0)
             unlock_last_blocks(self.text, unlocked_layers - 1)
         else:
-            self.text.lock(tower_groups, freeze_layer_norm)
+            # OpenCLIP's TextTransformer locks LayerNorms with their group (as its CLIP does) and asserts
+            # freeze_layer_norm, which open_clip_train passes as False unless --lock-text-freeze-layer-norm.
+            self.text.lock(tower_groups, True)
         for p in self.text_head_parameters():
             p.requires_grad = unlocked_layers > 0
 
