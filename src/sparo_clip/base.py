@@ -42,6 +42,13 @@ def checked_cfg(cls: type, cfg: dict[str, Any], name: str) -> Any:
         raise ValueError(f"unknown {name} key(s) {unknown}: allowed keys are {allowed}") from e
 
 
+TORCHSCRIPT_UNSUPPORTED = (
+    "TorchScript is not supported for SPARO / read-out models (torch.jit.script is deprecated in torch "
+    "and removed from OpenCLIP's main branch): use torch.compile(model) (open_clip_train: --torchcompile) "
+    "or torch.export instead"
+)
+
+
 def _has_projection(tower: nn.Module) -> bool:
     """Whether a text tower keeps its own projection (then that projection is its last lock group)."""
     if isinstance(tower, TextTransformer):
@@ -100,6 +107,10 @@ class ReadoutCLIP(CustomTextCLIP):
         mask_cfg = text_cfg if mask_text_cfg is None else mask_text_cfg
         tcfg = mask_cfg if isinstance(mask_cfg, CLIPTextCfg) else CLIPTextCfg(**mask_cfg)
         self.mask_rule = text_mask_rule(self.text, tcfg)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """Called by ``torch.jit.script``: refuse with the reason and the alternatives."""
+        raise NotImplementedError(TORCHSCRIPT_UNSUPPORTED)
 
     # ----------------------------------------------------------------------------------- heads
     def image_head_parameters(self) -> list[nn.Parameter]:

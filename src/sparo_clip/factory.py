@@ -47,8 +47,19 @@ def _override_kwargs(model_name: str, override_config: dict[str, Any] | None) ->
     return {key: merged[key] for key in override_config}
 
 
+def refuse_jit(model_name: str, override_config: dict[str, Any] | None, jit: bool) -> None:
+    """OpenCLIP falls back silently to an unscripted model when scripting fails: refuse up front instead."""
+    from .base import TORCHSCRIPT_UNSUPPORTED
+    from .registry import MODEL_BUILDERS
+
+    cfg = open_clip.get_model_config(model_name.replace("/", "-")) or {}
+    if jit and any(key in {**cfg, **(override_config or {})} for key in MODEL_BUILDERS):
+        raise NotImplementedError(f"{model_name}: {TORCHSCRIPT_UNSUPPORTED}")
+
+
 def create_model(model_name: str, *args: Any, override_config: dict[str, Any] | None = None, **kwargs: Any):
     """``open_clip.create_model`` with ``override_config`` deep-merged into the model config."""
+    refuse_jit(model_name, override_config, kwargs.get("jit", False))
     return open_clip.create_model(
         model_name, *args, **kwargs, **_override_kwargs(model_name, override_config)
     )
@@ -63,6 +74,7 @@ def create_model_and_transforms(
         >>> model, _, preprocess = create_model_and_transforms(
         ...     "ViT-B-32-SPARO", override_config={"sparo_cfg": {"slot_norm": "sqrtsem:norm"}})
     """
+    refuse_jit(model_name, override_config, kwargs.get("jit", False))
     extra = _override_kwargs(model_name, override_config)
     return open_clip.create_model_and_transforms(model_name, *args, **kwargs, **extra)
 
