@@ -271,6 +271,11 @@ def prepare(argv: list[str]) -> tuple[list[str], dict[str, Any] | None, argparse
         raise ConfigError(
             f"--max-params: {args.model} has {n_params:,} parameters, more than the budget of {ours.max_params:,}"
         )
+    if args.torchscript:
+        try:
+            sparo_clip.factory.refuse_jit(args.model, override, True)
+        except NotImplementedError as e:
+            raise ConfigError(f"--torchscript: {e}") from e
     if ours.init_from is not None and (not os.path.isfile(ours.init_from) or args.pretrained):
         why = (
             "is not a file" if not os.path.isfile(ours.init_from) else "cannot be combined with --pretrained"
