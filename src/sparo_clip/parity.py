@@ -64,6 +64,11 @@ def _numel(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def model_params(model_name: str, override: dict[str, Any] | None = None) -> int:
+    """Parameter count of a registered model (built on the meta device: no memory, no weights)."""
+    return _numel(_meta_model(model_name, override))
+
+
 def parity_search(
     base_name: str, L: int = 64, V: int = 64, override: dict[str, Any] | None = None, **sparo_kwargs: Any
 ) -> ParityResult:
