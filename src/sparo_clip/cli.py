@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "viz": ("sparo_clip.viz", "slot attention pictures"),
     "make-data": ("sparo_clip.data.shapes", "generate the synthetic shapes world"),
     "parity": ("sparo_clip.parity", "build a parameter-matched SPARO config from an OpenCLIP ViT config"),
+    "list": ("sparo_clip.zoo", "list the SPARO configs with their parameter counts and their twins'"),
 }
 
 
