@@ -118,6 +118,16 @@ def test_init_from_missing_file_fails_before_training(tmp_path, capsys):
     assert not (tmp_path / "logs" / "bad").exists()
 
 
+def test_init_from_another_architecture_fails_before_training(tmp_path, capsys):
+    pattern = make_shards(tmp_path / "data", num_shards=2, per_shard=4)
+    path = tmp_path / "other.pt"
+    torch.save(open_clip.create_model("tiny-CLIP").state_dict(), path)
+    args = base_args(pattern, tmp_path / "logs", "bad", num_samples=8, init_from=str(path))
+    assert train_main(args) == 2
+    assert "it is a checkpoint of another architecture" in capsys.readouterr().err
+    assert not (tmp_path / "logs" / "bad").exists()
+
+
 def test_finetune_recipe_prints_warmup_then_full(tmp_path):
     ckpt = tmp_path / "vitb32.pt"
     ckpt.write_bytes(b"")

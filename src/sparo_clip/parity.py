@@ -47,7 +47,8 @@ class ParityResult:
     base_params: int
 
 
-def _meta_model(model_name: str, override: dict[str, Any] | None = None) -> torch.nn.Module:
+def meta_model(model_name: str, override: dict[str, Any] | None = None) -> torch.nn.Module:
+    """A registered model built on the meta device (shapes only: no memory, no weights loaded)."""
     # a placeholder handler keeps OpenCLIP's root-logger calls from installing a default handler
     placeholder = logging.NullHandler()
     root = logging.getLogger()
@@ -66,7 +67,7 @@ def _numel(module: torch.nn.Module) -> int:
 
 def model_params(model_name: str, override: dict[str, Any] | None = None) -> int:
     """Parameter count of a registered model (built on the meta device: no memory, no weights)."""
-    return _numel(_meta_model(model_name, override))
+    return _numel(meta_model(model_name, override))
 
 
 def parity_search(
@@ -84,8 +85,8 @@ def parity_search(
     base_cfg = resolve_model_config(base_name, override)
     if "sparo_cfg" in base_cfg:
         raise ValueError(f"{base_name} is already a SPARO config: pass the model it was made from")
-    base_params = _numel(_meta_model(base_name, override))
-    model = _meta_model(base_name, deep_merge(override or {}, {"embed_dim": L * V, "sparo_cfg": sparo}))
+    base_params = _numel(meta_model(base_name, override))
+    model = meta_model(base_name, deep_merge(override or {}, {"embed_dim": L * V, "sparo_cfg": sparo}))
     full = _numel(model)
     v_blocks, t_blocks = block_list(model.visual), block_list(model.text)
     per_depth = _numel(v_blocks[-1]) + _numel(t_blocks[-1])

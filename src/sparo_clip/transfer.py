@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -102,6 +103,7 @@ def init_from_checkpoint(
     model: nn.Module,
     checkpoint: str | Path | dict[str, torch.Tensor],
     min_fraction: float = 0.5,
+    check_only: bool = False,
 ) -> TransferReport:
     """Load every tensor of ``checkpoint`` whose name and shape match ``model``'s; report the rest.
 
@@ -109,6 +111,7 @@ def init_from_checkpoint(
         model: the model to initialise (e.g. a :class:`~sparo_clip.SparoCLIP`), changed in place.
         checkpoint: a checkpoint file (see :func:`read_state_dict`) or a state dict.
         min_fraction: refuse when fewer than this fraction of the model's parameter values would load.
+        check_only: report (and refuse) without loading anything (works on a meta-device model).
 
     Returns:
         The :class:`TransferReport`.
@@ -146,5 +149,19 @@ def init_from_checkpoint(
             f"({100 * report.fraction:.1f}% < {100 * min_fraction:.0f}%): it is a checkpoint of another "
             f"architecture. First skipped: {list(report.skipped.items())[:3]}"
         )
-    model.load_state_dict(usable, strict=False)
+    if not check_only:
+        model.load_state_dict(usable, strict=False)
     return report
+
+
+def check_init_from(
+    model_name: str, override: dict[str, Any] | None, checkpoint: str | Path
+) -> TransferReport:
+    """Check ``checkpoint`` against a registered model built on the meta device (before any training).
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`init_from_checkpoint`.
+    """
+    from .parity import meta_model
+
+    return init_from_checkpoint(meta_model(model_name, override), checkpoint, check_only=True)
