@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import os
+import pickle
 import sys
 import tarfile
 from pathlib import Path
@@ -281,6 +282,13 @@ def prepare(argv: list[str]) -> tuple[list[str], dict[str, Any] | None, argparse
             "is not a file" if not os.path.isfile(ours.init_from) else "cannot be combined with --pretrained"
         )
         raise ConfigError(f"--init-from {ours.init_from} {why}")
+    if ours.init_from is not None:
+        from .transfer import check_init_from
+
+        try:
+            check_init_from(args.model, override, ours.init_from)
+        except (ValueError, RuntimeError, pickle.UnpicklingError) as e:  # a file torch.load refuses
+            raise ConfigError(f"--init-from: {e}") from e
     check_data(args)
     _logger.info("model %s: %s parameters", args.model, f"{n_params:,}")
     return rest, override, args
