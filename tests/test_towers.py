@@ -133,6 +133,30 @@ def test_padding_never_changes_text_features(family, trim, hf_dir, tokenizer):
         torch.testing.assert_close(repadded, full, atol=1e-6, rtol=1e-5)
 
 
+def test_pad_equal_to_end_of_text_as_siglip_tokenizes(tokenizer):
+    """SigLIP pads with its end-of-text id: the first one ends the caption, the rest never count."""
+    model = sparo_clip.create_model(
+        "test-noncausal-SPARO", override_config={"text_cfg": {"pad_id": 49407, "eos_id": 49407}}
+    ).eval()
+    text = tokenizer(["a red circle", "two blue squares and a green one"])
+    text[text == 0] = 49407  # pad = eos, as SigLIP's tokenizer writes it
+    longest = int(model.text_key_mask(text).sum(1).max())
+    assert model.text_key_mask(text)[0].tolist() == [True] * 5 + [False] * 11  # sot, 3 words, eot
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(text[:, :longest]), model.encode_text(text))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bf16_autocast_gives_finite_unit_features(family, hf_dir, tokenizer):
+    model = _model(family, hf_dir)
+    text = tokenizer(["", "word " * 40])  # empty, and truncated at the context length
+    size = 32 if family in ("test-SPARO", "hf") else 160
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        img, txt = model(torch.randn(2, 3, size, size), text)[:2]
+    assert torch.isfinite(img).all() and torch.isfinite(txt).all()
+    torch.testing.assert_close(txt.float().norm(dim=-1), torch.ones(2), atol=1e-2, rtol=0)
+
+
 def test_non_causal_text_tokens_do_see_the_whole_caption(tokenizer):
     """The in-tower mask hides padding only: changing an early word changes every position's token."""
     model = _model("test-noncausal-SPARO")

@@ -69,6 +69,11 @@ def text_key_mask(text: torch.Tensor, rule: TextMaskRule) -> torch.Tensor:
 def text_mask_rule(tower: nn.Module, text_cfg: Any) -> TextMaskRule:
     """The mask rule of a built text tower and its ``CLIPTextCfg`` (pool_type, eos_id, pad_id)."""
     if isinstance(tower, HFTextEncoder):
+        if tower.config.pad_token_id is None:
+            raise ValueError(
+                f"the Hugging Face text tower ({tower.config.model_type}) has no pad_token_id in its config: "
+                "SPARO masks padding by it; set it to the tokenizer's pad id"
+            )
         return TextMaskRule("pad", pad_id=tower.config.pad_token_id)
     if text_cfg.pool_type == "argmax":
         return TextMaskRule("argmax")
