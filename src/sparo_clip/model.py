@@ -57,7 +57,8 @@ def sparo_tower_cfgs(
             f"text_cfg.pool_type={t.pool_type!r}: SPARO finds end-of-text with 'argmax' (OpenAI tokenizer), "
             f"or 'eos' / 'last' (text_cfg.eos_id, text_cfg.pad_id); allowed: {list(_TEXT_POOLS)}"
         )
-    if not t.hf_model_name and t.pool_type != "argmax":
+    if not t.hf_model_name and t.pool_type != "argmax" and (t.no_causal_mask or t.pool_type == "last"):
+        # OpenCLIP's defaults (pad 0, eos 2) match none of the tokenizers of such towers
         missing = [k for k in ("eos_id", "pad_id") if k not in text_cfg]
         if missing:
             raise ValueError(
