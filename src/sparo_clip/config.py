@@ -37,8 +37,9 @@ class SparoCfg:
         slot_norm: ``"<rep>:<weight>"``, rep in {cont, sem, sqrtsem}, weight in
             {const, norm, softmax, sqrtsoftmax}.
         reduce_depth: number of final transformer blocks dropped from each tower (parameter parity).
-        trim_text: run the causal text tower only up to the longest caption of the batch. Exact:
-            positions after end-of-text never change earlier positions and are masked in the read-out.
+        trim_text: run the text tower only up to the longest caption of the batch. Exact: positions
+            after end-of-text never change earlier ones (causal towers; non-causal towers mask them in
+            every block) and are masked in the read-out. ``false`` keeps static shapes (``torch.export``).
     """
 
     num_slots: int = 64
