@@ -91,8 +91,9 @@ def count_params(model_name: str, override: dict[str, Any] | None, **model_kwarg
     root.addHandler(placeholder)
     try:
         with torch.device("meta"):
+            # no tower weights on the meta device (Hugging Face refuses from_pretrained there)
             model = sparo_clip.create_model(
-                model_name, override_config=override, device="meta", **model_kwargs
+                model_name, override_config=override, device="meta", pretrained_text=False, **model_kwargs
             )
     finally:
         root.removeHandler(placeholder)
