@@ -286,3 +286,15 @@ def test_lock_means_the_same_on_both_towers(family, hf_dir):
             earlier = block_list(tower)[0] if len(block_list(tower)) > 1 else None
             if earlier is not None:
                 assert not any(p.requires_grad for p in earlier.parameters())
+
+
+def test_training_checks_a_registered_hf_config_on_the_meta_device(hf_dir):
+    """OpenCLIP asks for the HF tower's pretrained weights by default; the pre-training check must not."""
+    from sparo_clip.train import count_params
+
+    cfg = json.loads((CONFIG_DIR / "test-SPARO.json").read_text())
+    cfg["text_cfg"]["hf_model_name"] = str(hf_dir)  # no hf_model_pretrained: OpenCLIP's default applies
+    (hf_dir / "test-hf-SPARO.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(hf_dir / "test-hf-SPARO.json")
+    built = sparo_clip.create_model("test-SPARO", override_config=_hf_override(hf_dir))
+    assert count_params("test-hf-SPARO", None) == sum(p.numel() for p in built.parameters())
