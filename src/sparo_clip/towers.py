@@ -89,6 +89,14 @@ def vision_tokens(visual: nn.Module, image: torch.Tensor) -> torch.Tensor:
     return visual(image)  # VisionTransformer with pool_type 'none' and no proj: after ln_post
 
 
+def vit_hidden_states(visual: VisionTransformer, image: torch.Tensor) -> torch.Tensor:
+    """Tokens of an OpenCLIP ``VisionTransformer`` after its blocks, before ``ln_post``: (B, 1 + P, width).
+
+    Uses the tower's ``_embeds`` (patch + class + positional embeddings, ``ln_pre``; open_clip_torch 3.3).
+    """
+    return visual.transformer(visual._embeds(image))
+
+
 def vision_width_heads(visual: nn.Module, head_width: int) -> tuple[int, int]:
     """(token width, attention heads) of a vision tower; towers without attention count width / head_width."""
     if isinstance(visual, TimmModel):

@@ -23,7 +23,7 @@ from open_clip.transformer import TextTransformer
 from torch import nn
 
 from ..base import ReadoutCLIP, as_cfg_dict, checked_cfg
-from ..towers import text_hidden_states
+from ..towers import text_hidden_states, vit_hidden_states
 from .config import BottleneckCfg, CodebookCfg, TextPoolCfg, parse_cfg
 from .layers import CodebookPool, MaskedAttentionalPooler
 
@@ -136,7 +136,7 @@ class BaselineCLIP(ReadoutCLIP):
         """Image features (B, embed_dim)."""
         if self.image_codebook is None:
             return self._finish(self.visual(image), self.image_bottleneck, normalize)
-        x = self.visual.transformer(self.visual._embeds(image))  # (B, 1 + patches, width), no ln_post
+        x = vit_hidden_states(self.visual, image)  # (B, 1 + patches, width), no ln_post
         features = self.image_codebook(x[:, 1:], self.codebook)  # patch tokens only
         return self._finish(features, self.image_bottleneck, normalize)
 
