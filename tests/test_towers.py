@@ -298,3 +298,15 @@ def test_training_checks_a_registered_hf_config_on_the_meta_device(hf_dir):
     open_clip.add_model_config(hf_dir / "test-hf-SPARO.json")
     built = sparo_clip.create_model("test-SPARO", override_config=_hf_override(hf_dir))
     assert count_params("test-hf-SPARO", None) == sum(p.numel() for p in built.parameters())
+
+
+@pytest.mark.parametrize("trim", [True, False])
+def test_non_causal_argmax_tower_ignores_tokens_after_end_of_text(trim, tokenizer):
+    """A no_causal_mask tower with OpenAI-style argmax pooling: junk after end-of-text changes nothing."""
+    override = {"text_cfg": {"no_causal_mask": True}, "sparo_cfg": {"trim_text": trim}}
+    model = sparo_clip.create_model("test-SPARO", override_config=override).eval()
+    text = tokenizer(["a red circle", "two blue squares"])
+    junk = text.clone()
+    junk[~model.text_key_mask(text)] = 77
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(junk), model.encode_text(text), atol=1e-6, rtol=1e-5)
