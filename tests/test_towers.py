@@ -310,3 +310,16 @@ def test_non_causal_argmax_tower_ignores_tokens_after_end_of_text(trim, tokenize
     junk[~model.text_key_mask(text)] = 77
     with torch.no_grad():
         torch.testing.assert_close(model.encode_text(junk), model.encode_text(text), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forward_intermediates_on_every_family(family, hf_dir, tokenizer):
+    model = _model(family, hf_dir)
+    size = 32 if family in ("test-SPARO", "hf") else 160
+    image, text = torch.randn(2, 3, size, size), tokenizer(["a red circle", "two blue squares"])
+    with torch.no_grad():
+        out = model.forward_intermediates(image, text, output_logits=True)
+        torch.testing.assert_close(out["image_features"], model.encode_image(image))
+        torch.testing.assert_close(out["text_features"], model.encode_text(text))
+    assert out["image_intermediates"] and out["image_logits"].shape == (2, 2)
+    assert ("text_intermediates" in out) == (family != "hf")  # HF towers expose no intermediates
