@@ -44,10 +44,27 @@ def test_torchscript_flag_fails_before_training(tmp_path, capsys):
     assert not (tmp_path / "logs" / "ts").exists()
 
 
-@pytest.mark.parametrize("name, size", FAMILIES)
-def test_exported_encoders_match_eager(name, size, tokenizer):
+@pytest.mark.parametrize("name, size", [*FAMILIES, ("hf", 32)])
+def test_exported_encoders_match_eager(name, size, tokenizer, tmp_path):
     """torch.export needs static shapes: the text tower runs over the whole context (trim_text=false)."""
-    model = sparo_clip.create_model(name, override_config={"sparo_cfg": {"trim_text": False}}).eval()
+    override = {"sparo_cfg": {"trim_text": False}}
+    if name == "hf":  # a tiny BERT text tower, built offline from a local config
+        from transformers import BertConfig
+
+        BertConfig(
+            vocab_size=49408,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=16,
+            pad_token_id=0,
+        ).save_pretrained(tmp_path)
+        name, override["text_cfg"] = (
+            "test-SPARO",
+            {"hf_model_name": str(tmp_path), "hf_model_pretrained": False},
+        )
+    model = sparo_clip.create_model(name, override_config=override).eval()
     image, text = torch.randn(2, 3, size, size), tokenizer(["a red circle", "two blue squares left"])
     for which, x in (("image", image), ("text", text)):
         program = torch.export.export(_Encoder(model, which), (x,))
