@@ -93,7 +93,10 @@ def test_generated_registry_is_up_to_date_and_within_budget():
     manifest = (CONFIG_DIR / parity.MANIFEST).read_text().splitlines()
     assert [line for line in manifest if not line.startswith("#")] == sorted(results)
     hand_made = {"ViT-B-32-SPARO.json", "ViT-B-16-SPARO.json", "ViT-L-14-SPARO.json"}
-    assert not hand_made & set(results) and len(results) == len(parity.registry_bases()) - 3
+    assert (
+        not hand_made & set(results)
+        and len(results) == len(parity.registry_bases()) + len(parity.EXTRA_BASES) - 3
+    )
     for name, r in results.items():
         assert (CONFIG_DIR / name).read_text() == parity.config_text(r.config), (
             f"{name} is stale: run python -m sparo_clip.parity --write-registry"
@@ -101,3 +104,15 @@ def test_generated_registry_is_up_to_date_and_within_budget():
         registered = name.removesuffix(".json")
         assert open_clip.get_model_config(registered) == r.config
         assert _count(registered) == r.params <= r.base_params, registered  # built through the registry
+
+
+def test_cli_override_carries_the_tokenizer_ids_a_non_causal_text_tower_needs(capsys):
+    non_causal = {"text_cfg": {"no_causal_mask": True, "pool_type": "last"}}
+    assert parity.main(["test-CLIP", "--L", "4", "--V", "16", "--override", json.dumps(non_causal)]) == 2
+    assert "needs text_cfg.eos_id and text_cfg.pad_id set in the config" in capsys.readouterr().err
+    ids = {"text_cfg": {**non_causal["text_cfg"], "pad_id": 1, "eos_id": 1}}
+    assert parity.main(["test-CLIP", "--L", "4", "--V", "16", "--override", json.dumps(ids)]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["text_cfg"]["pad_id"] == config["text_cfg"]["eos_id"] == 1
+    assert parity.main(["test-CLIP", "--override", "[1]"]) == 2
+    assert "--override must be a JSON object" in capsys.readouterr().err

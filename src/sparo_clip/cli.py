@@ -17,6 +17,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "viz": ("sparo_clip.viz", "slot attention pictures"),
     "make-data": ("sparo_clip.data.shapes", "generate the synthetic shapes world"),
     "parity": ("sparo_clip.parity", "build a parameter-matched SPARO config from an OpenCLIP ViT config"),
+    "convert": (
+        "sparo_clip.convert",
+        "convert a reference-implementation checkpoint to this package's layout",
+    ),
+    "list": ("sparo_clip.zoo", "list the SPARO configs with their parameter counts and their twins'"),
 }
 
 

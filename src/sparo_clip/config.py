@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 SLOT_REPS = ("cont", "sem", "sqrtsem")
 SLOT_WEIGHTS = ("const", "norm", "softmax", "sqrtsoftmax")
@@ -19,6 +21,19 @@ def parse_slot_norm(slot_norm: str) -> tuple[str, str]:
             f"{list(SLOT_REPS)} and weight in {list(SLOT_WEIGHTS)} (default 'cont:const')"
         )
     return parts[0], parts[1]
+
+
+def parse_cfg(cls: type[T], value: dict[str, Any] | T | None, key: str) -> T | None:
+    """Build ``cls`` from a config dict (``None`` = feature off), naming unknown keys and the allowed ones."""
+    if value is None or isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} must be a dict (or null), got {type(value).__name__}: {value!r}")
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown {key} key(s) {unknown}: allowed keys are {allowed}")
+    return cls(**value)
 
 
 @dataclass
@@ -37,8 +52,9 @@ class SparoCfg:
         slot_norm: ``"<rep>:<weight>"``, rep in {cont, sem, sqrtsem}, weight in
             {const, norm, softmax, sqrtsoftmax}.
         reduce_depth: number of final transformer blocks dropped from each tower (parameter parity).
-        trim_text: run the causal text tower only up to the longest caption of the batch. Exact:
-            positions after end-of-text never change earlier positions and are masked in the read-out.
+        trim_text: run the text tower only up to the longest caption of the batch. Exact: positions
+            after end-of-text never change earlier ones (causal towers; non-causal towers mask them in
+            every block) and are masked in the read-out. ``false`` keeps static shapes (``torch.export``).
     """
 
     num_slots: int = 64
@@ -109,18 +125,8 @@ class SparoCfg:
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any] | SparoCfg | None) -> SparoCfg:
-        """Build from a config dict, naming unknown keys and the allowed ones."""
-        if cfg is None:
-            return cls()
-        if isinstance(cfg, SparoCfg):
-            return cfg
-        if not isinstance(cfg, dict):
-            raise ValueError(f"sparo_cfg must be a dict, got {type(cfg).__name__}")
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(cfg) - set(allowed))
-        if unknown:
-            raise ValueError(f"unknown sparo_cfg key(s) {unknown}: allowed keys are {allowed}")
-        return cls(**cfg)
+        """Build from a config dict (``None``: the defaults), naming unknown keys and the allowed ones."""
+        return parse_cfg(cls, cfg, "sparo_cfg") or cls()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -57,6 +57,16 @@ def _override_kwargs(model_name: str, override_config: dict[str, Any] | None) ->
     return {key: merged[key] for key in override_config}
 
 
+def refuse_jit(model_name: str, override_config: dict[str, Any] | None, jit: bool) -> None:
+    """OpenCLIP falls back silently to an unscripted model when scripting fails: refuse up front instead."""
+    from .base import TORCHSCRIPT_UNSUPPORTED
+    from .registry import MODEL_BUILDERS
+
+    cfg = open_clip.get_model_config(model_name.replace("/", "-")) or {}
+    if jit and any(key in {**cfg, **(override_config or {})} for key in MODEL_BUILDERS):
+        raise NotImplementedError(f"{model_name}: {TORCHSCRIPT_UNSUPPORTED}")
+
+
 class CheckpointMismatch(CheckpointError, RuntimeError):
     """A readable checkpoint whose tensors do not fit the model (a RuntimeError too, as torch's strict load)."""
 
@@ -130,6 +140,7 @@ def _create(build: Any, model_name: str, args: tuple, kwargs: dict[str, Any], ov
     A checkpoint file is read twice when it loads (here weights-only for the check, then by OpenCLIP); its
     tensors are not kept in between.
     """
+    refuse_jit(model_name, override, kwargs.get("jit", False))
     kwargs = dict(kwargs, **_override_kwargs(model_name, override))
     kwargs.setdefault("weights_only", True)
     if kwargs["weights_only"] is not True:

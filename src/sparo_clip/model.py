@@ -1,4 +1,4 @@
-"""SparoCLIP: OpenCLIP's own ViT and text towers with a SPARO read-out in place of their projections."""
+"""SparoCLIP: OpenCLIP's towers with a SPARO read-out in place of their pooling and projections."""
 
 from __future__ import annotations
 
@@ -9,93 +9,95 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from torch import nn
 
+from .base import ReadoutCLIP, as_cfg_dict, checked_cfg
 from .config import SparoCfg
 from .readout import SparoReadout, select_slots
-from .towers import add_logits, eot_key_mask, text_hidden_states
+from .towers import drop_last_blocks, text_tokens, text_width_heads, vision_tokens, vision_width_heads
 
 SlotSelection = torch.Tensor | Sequence[int] | None
 
 
-def _as_dict(cfg: Any) -> dict[str, Any]:
-    if isinstance(cfg, dict):
-        return copy.deepcopy(cfg)
-    if hasattr(cfg, "__dataclass_fields__"):
-        import dataclasses
-
-        return dataclasses.asdict(cfg)
-    raise ValueError(f"expected a config dict, got {type(cfg).__name__}")
-
-
-def _checked_cfg(cls: type, cfg: dict[str, Any], name: str) -> Any:
-    try:
-        return cls(**cfg)
-    except TypeError as e:
-        import dataclasses
-
-        allowed = sorted(f.name for f in dataclasses.fields(cls))
-        unknown = sorted(set(cfg) - set(allowed))
-        raise ValueError(f"unknown {name} key(s) {unknown}: allowed keys are {allowed}") from e
+_TEXT_POOLS = ("argmax", "eos", "last")
 
 
 def sparo_tower_cfgs(
     vision_cfg: dict[str, Any], text_cfg: dict[str, Any], sparo: SparoCfg
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The OpenCLIP tower configs a SPARO model builds: fewer blocks, no pooling, no projection.
+    """The OpenCLIP tower configs a SPARO model builds: no pooling, no projection, fewer blocks.
+
+    OpenCLIP ViT towers lose ``reduce_depth`` blocks here; timm and Hugging Face towers are cut after they
+    are built (:func:`sparo_clip.towers.drop_last_blocks`).
 
     Raises:
-        NotImplementedError: for towers SPARO cannot read (ResNet, timm, Hugging Face, CoCa-style text).
-        ValueError: when ``reduce_depth`` leaves a tower without blocks.
+        NotImplementedError: for towers that expose no token sequence (ModifiedResNet, attentional pool,
+            CoCa-style text with a class token).
+        ValueError: bad fields, or a ``reduce_depth`` that leaves a tower without blocks.
     """
-    v = _checked_cfg(CLIPVisionCfg, vision_cfg, "vision_cfg")
-    t = _checked_cfg(CLIPTextCfg, text_cfg, "text_cfg")
-    if v.timm_model_name or isinstance(v.layers, (list, tuple)):
-        kind = (
-            f"timm model {v.timm_model_name!r}" if v.timm_model_name else "ModifiedResNet (layers is a list)"
-        )
+    v = checked_cfg(CLIPVisionCfg, vision_cfg, "vision_cfg")
+    t = checked_cfg(CLIPTextCfg, text_cfg, "text_cfg")
+    if isinstance(v.layers, (list, tuple)) and not v.timm_model_name:
         raise NotImplementedError(
-            f"SPARO reads the token sequence of an OpenCLIP VisionTransformer; the vision tower here is a {kind}"
+            "SPARO reads a tower's token sequence; the ModifiedResNet vision tower (vision_cfg.layers is a "
+            "list) ends in an attention pool that is its read-out and exposes no tokens: use a ViT, timm "
+            "ViT or timm CNN (e.g. ConvNeXt) vision tower"
         )
     if v.attentional_pool:
         raise NotImplementedError(
             "SPARO replaces the vision pooling; vision_cfg.attentional_pool must be false"
         )
-    if t.hf_model_name:
-        raise NotImplementedError(
-            f"SPARO reads OpenCLIP's TextTransformer; Hugging Face text towers ({t.hf_model_name!r}) are not supported"
-        )
     if t.embed_cls:
         raise NotImplementedError(
             "SPARO text read-out does not support text_cfg.embed_cls (CoCa-style towers)"
         )
-    if t.pool_type not in ("argmax", "eos"):
+    if not t.hf_model_name and t.pool_type not in _TEXT_POOLS:
         raise ValueError(
-            f"text_cfg.pool_type={t.pool_type!r}: SPARO finds end-of-text with 'argmax' (OpenAI tokenizer) or "
-            "'eos' (text_cfg.eos_id); allowed: ['argmax', 'eos']"
+            f"text_cfg.pool_type={t.pool_type!r}: SPARO finds end-of-text with 'argmax' (OpenAI tokenizer), "
+            f"or 'eos' / 'last' (text_cfg.eos_id, text_cfg.pad_id); allowed: {list(_TEXT_POOLS)}"
         )
-    for name, layers in (("vision_cfg", v.layers), ("text_cfg", t.layers)):
+    if not t.hf_model_name and t.pool_type != "argmax" and (t.no_causal_mask or t.pool_type == "last"):
+        # OpenCLIP's defaults (pad 0, eos 2) match none of the tokenizers of such towers
+        missing = [k for k in ("eos_id", "pad_id") if k not in text_cfg]
+        if missing:
+            raise ValueError(
+                f"text_cfg.pool_type={t.pool_type!r} needs text_cfg.{' and text_cfg.'.join(missing)} set in the "
+                "config: SPARO masks each caption by them (read them from the tokenizer, e.g. "
+                "tokenizer.tokenizer.pad_token_id / eos_token_id)"
+            )
+    towers = [("text_cfg", t.layers)] if not t.hf_model_name else []
+    if not v.timm_model_name:
+        towers.insert(0, ("vision_cfg", v.layers))
+    for name, layers in towers:
         if sparo.reduce_depth >= layers:
             raise ValueError(
                 f"sparo_cfg.reduce_depth={sparo.reduce_depth} must be smaller than {name}.layers={layers} "
                 f"(allowed: 0..{layers - 1})"
             )
-    vision = _as_dict(vision_cfg)
-    vision.update(layers=v.layers - sparo.reduce_depth, pool_type="none", output_tokens=False)
-    text = _as_dict(text_cfg)
-    text.update(layers=t.layers - sparo.reduce_depth, pool_type="none", proj_type="none", output_tokens=False)
+    vision = as_cfg_dict(vision_cfg)
+    if v.timm_model_name:
+        vision.update(timm_pool="", timm_proj="none")
+    else:
+        vision.update(layers=v.layers - sparo.reduce_depth, pool_type="none", output_tokens=False)
+    text = as_cfg_dict(text_cfg)
+    if t.hf_model_name:
+        text.update(hf_proj_type="linear", hf_pooler_type="mean_pooler", output_tokens=False)
+    else:
+        text.update(
+            layers=t.layers - sparo.reduce_depth, pool_type="none", proj_type="none", output_tokens=False
+        )
     return vision, text
 
 
-class SparoCLIP(CustomTextCLIP):
+class SparoCLIP(ReadoutCLIP):
     """CLIP whose towers end in SPARO read-outs (Vani et al., ECCV 2024).
 
-    The towers are OpenCLIP's ``VisionTransformer`` and ``TextTransformer`` (built by OpenCLIP's own
-    tower builders via ``CustomTextCLIP``) with ``reduce_depth`` fewer blocks, no pooling and no
-    projection. Each is followed by a :class:`SparoReadout`. ``forward`` keeps OpenCLIP's contract
-    (dict or tuple, logit scale and bias), so OpenCLIP's losses, training loop, zero-shot evaluation
-    and checkpoints work unchanged.
+    The towers are OpenCLIP's own (ViT, timm or Hugging Face vision/text towers, built by OpenCLIP's
+    tower builders) with ``reduce_depth`` fewer blocks, no pooling and no projection. Each is followed by
+    a :class:`SparoReadout` over its final tokens (:mod:`sparo_clip.towers`). ``forward`` keeps OpenCLIP's
+    contract (dict or tuple, logit scale and bias), so OpenCLIP's losses, training loop, zero-shot
+    evaluation and checkpoints work unchanged.
     """
 
     def __init__(
@@ -117,20 +119,13 @@ class SparoCLIP(CustomTextCLIP):
                 f"embed_dim={embed_dim} must equal sparo_cfg.num_slots * sparo_cfg.slot_dim = "
                 f"{sparo.num_slots} * {sparo.slot_dim} = {sparo.num_slots * sparo.slot_dim}"
             )
-        vision_dict, text_dict = sparo_tower_cfgs(_as_dict(vision_cfg), _as_dict(text_cfg), sparo)
-        vcfg, tcfg = CLIPVisionCfg(**vision_dict), CLIPTextCfg(**text_dict)
-        v_heads = vcfg.width // vcfg.head_width
-        v_dims = sparo.resolve_dims(vcfg.width, v_heads, "vision")
-        t_dims = sparo.resolve_dims(tcfg.width, tcfg.heads, "text")
-        if sparo.share_queries and v_dims[0] != t_dims[0]:
-            raise ValueError(
-                f"sparo_cfg.share_queries=true needs the same attn_dim in both towers, got vision {v_dims[0]} "
-                f"(width {vcfg.width} / {v_heads} heads) and text {t_dims[0]} (width {tcfg.width} / {tcfg.heads} "
-                "heads): set sparo_cfg.attn_dim or share_queries=false"
-            )
+        vision_dict, text_dict = as_cfg_dict(vision_cfg), as_cfg_dict(text_cfg)
+        vision_tower, text_tower = sparo_tower_cfgs(vision_dict, text_dict, sparo)
+        vcfg, tcfg = CLIPVisionCfg(**vision_tower), CLIPTextCfg(**text_tower)
         # OpenCLIP builds the towers; their (unused) output width is kept small.
         super().__init__(
-            embed_dim=vcfg.width,
+            embed_dim=embed_dim,
+            tower_dim=vcfg.width,
             vision_cfg=vcfg,
             text_cfg=tcfg,
             quick_gelu=quick_gelu,
@@ -139,15 +134,21 @@ class SparoCLIP(CustomTextCLIP):
             nonscalar_logit_scale=nonscalar_logit_scale,
             cast_dtype=cast_dtype,
             output_dict=output_dict,
+            mask_text_cfg=CLIPTextCfg(**text_dict),
         )
-        self.visual.proj = None  # the read-out replaces the projection
-        self.embed_dim = embed_dim
+        if vcfg.timm_model_name:
+            drop_last_blocks(self.visual, sparo.reduce_depth, "vision")
+        else:
+            self.visual.proj = None  # the read-out replaces the projection
+        if tcfg.hf_model_name:
+            drop_last_blocks(self.text, sparo.reduce_depth, "text")
+            self.text.proj = nn.Identity()  # the read-out replaces the projection
         self.sparo_cfg = sparo
         self._model_cfg = {
             "embed_dim": embed_dim,
             "quick_gelu": quick_gelu,
-            "vision_cfg": _as_dict(vision_cfg),
-            "text_cfg": _as_dict(text_cfg),
+            "vision_cfg": vision_dict,
+            "text_cfg": text_dict,
             "sparo_cfg": sparo.to_dict(),
         }
         if init_logit_bias is not None:
@@ -155,6 +156,16 @@ class SparoCLIP(CustomTextCLIP):
         if nonscalar_logit_scale:
             self._model_cfg["nonscalar_logit_scale"] = True
 
+        v_width, v_heads = vision_width_heads(self.visual, vcfg.head_width)
+        t_width, t_heads = text_width_heads(self.text)
+        v_dims = sparo.resolve_dims(v_width, v_heads, "vision")
+        t_dims = sparo.resolve_dims(t_width, t_heads, "text")
+        if sparo.share_queries and v_dims[0] != t_dims[0]:
+            raise ValueError(
+                f"sparo_cfg.share_queries=true needs the same attn_dim in both towers, got vision {v_dims[0]} "
+                f"(width {v_width} / {v_heads} heads) and text {t_dims[0]} (width {t_width} / {t_heads} "
+                "heads): set sparo_cfg.attn_dim or share_queries=false"
+            )
         common = dict(
             num_slots=sparo.num_slots,
             slot_dim=sparo.slot_dim,
@@ -162,35 +173,22 @@ class SparoCLIP(CustomTextCLIP):
             share_kv=sparo.share_kv,
             slot_norm=sparo.slot_norm,
         )
-        self.image_readout = SparoReadout(vcfg.width, attn_dim=v_dims[0], value_dim=v_dims[1], **common)
-        self.text_readout = SparoReadout(tcfg.width, attn_dim=t_dims[0], value_dim=t_dims[1], **common)
+        self.image_readout = SparoReadout(v_width, attn_dim=v_dims[0], value_dim=v_dims[1], **common)
+        self.text_readout = SparoReadout(t_width, attn_dim=t_dims[0], value_dim=t_dims[1], **common)
         if sparo.share_queries:
             self.text_readout.query = self.image_readout.query
-        self._eos_id = tcfg.eos_id if tcfg.pool_type == "eos" else None
 
     @property
     def model_cfg(self) -> dict[str, Any]:
         """The model config this model was built from (as in OpenCLIP's model_configs JSON)."""
         return copy.deepcopy(self._model_cfg)
 
-    # ----------------------------------------------------------------------------------- locking
-    def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
-        """LiT-style lock. The image read-out stands in for the tower's ``proj``, its last group."""
-        # VisionTransformer.lock lists `proj` as its last group; give it a placeholder while it runs.
-        self.visual.proj = nn.Parameter(torch.empty(0))
-        try:
-            self.visual.lock(unlocked_groups=unlocked_groups, freeze_bn_stats=freeze_bn_stats)
-        finally:
-            self.visual.proj = None
-        self.image_readout.requires_grad_(unlocked_groups > 0)
+    def image_head_parameters(self) -> list[nn.Parameter]:
+        return list(self.image_readout.parameters())
 
-    def lock_text_tower(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
-        """Lock the text tower; the text read-out (its projection) stays trainable only if layers are unlocked."""
-        self.text.lock(unlocked_layers, freeze_layer_norm)
-        shared = self.sparo_cfg.share_queries
-        for name, p in self.text_readout.named_parameters():
-            if not (shared and name == "query"):
-                p.requires_grad = unlocked_layers > 0
+    def text_head_parameters(self) -> list[nn.Parameter]:
+        shared = self.image_readout.query if self.sparo_cfg.share_queries else None
+        return [p for p in self.text_readout.parameters() if p is not shared]
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -199,19 +197,13 @@ class SparoCLIP(CustomTextCLIP):
         return no_wd
 
     # ----------------------------------------------------------------------------------- text
-    def text_key_mask(self, text: torch.Tensor) -> torch.Tensor:
-        """(B, N) bool: True up to and including each caption's end-of-text token."""
-        return eot_key_mask(text, self._eos_id)
-
     def text_tokens(self, text: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Run the text tower to ``ln_final`` over all positions it needs: (B, n, width).
+        """Run the text tower to its final norm over the positions it needs: (B, n, width).
 
-        With a causal tower and ``trim_text``, positions after the longest caption's end-of-text are
-        not computed (they cannot change earlier positions and the read-out masks them).
+        With ``trim_text``, positions after the longest caption are not computed (they are masked for
+        every caption, or cannot change earlier positions under a causal mask).
         """
-        return self.text.ln_final(
-            text_hidden_states(self.text, text, key_mask, trim=self.sparo_cfg.trim_text)
-        )
+        return text_tokens(self.text, text, key_mask, trim=self.sparo_cfg.trim_text)
 
     # ----------------------------------------------------------------------------------- encoders
     def _finish(
@@ -247,7 +239,7 @@ class SparoCLIP(CustomTextCLIP):
             return_attn: also return the attention weights (B, L, N) over CLS + patch tokens.
             slots: keep only these slots (indices or a (L,) bool mask), renormalised to unit norm.
         """
-        tokens = self.visual(image)  # (B, N, width) after ln_post
+        tokens = vision_tokens(self.visual, image)  # (B, N, width) after the tower's final norm
         out = self.image_readout(tokens, return_attn=return_attn)
         slots_out, attn = out if return_attn else (out, None)
         return self._finish(slots_out, attn, normalize, return_sparo, return_attn, slots)
@@ -273,30 +265,3 @@ class SparoCLIP(CustomTextCLIP):
         if attn is not None and n < text.shape[1]:
             attn = F.pad(attn, (0, text.shape[1] - n))  # trimmed positions carry zero weight
         return self._finish(slots_out, attn, normalize, return_sparo, return_attn, slots)
-
-    def forward_intermediates(
-        self,
-        image: torch.Tensor | None = None,
-        text: torch.Tensor | None = None,
-        normalize: bool = True,
-        intermediates_only: bool = False,
-        output_logits: bool = False,
-        output_logit_scale_bias: bool = False,
-        **kwargs: Any,
-    ) -> dict[str, Any]:
-        """OpenCLIP's ``forward_intermediates``, with SPARO features in place of the pooled ones."""
-        output = super().forward_intermediates(
-            image=image, text=text, normalize=False, intermediates_only=intermediates_only, **kwargs
-        )
-        if intermediates_only:
-            return output
-        if "image_features" in output:  # the tower's tokens after ln_post
-            output["image_features"] = self.image_readout(output["image_features"]).flatten(1)
-        if "text_features" in output:  # the tower's tokens after ln_final
-            mask = self.text_key_mask(text)
-            output["text_features"] = self.text_readout(output["text_features"], key_mask=mask).flatten(1)
-        if normalize:
-            for key in ("image_features", "text_features"):
-                if key in output:
-                    output[key] = F.normalize(output[key], dim=-1)
-        return add_logits(output, self.logit_scale, self.logit_bias, output_logits, output_logit_scale_bias)

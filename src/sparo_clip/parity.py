@@ -7,8 +7,8 @@ block from each tower removes exactly one vision and one text block's parameters
 the count at every depth.
 
 ``python -m sparo_clip.parity --write-registry`` writes ``model_configs/<base>-SPARO.json`` for every
-OpenCLIP ViT-*-32/16/14 config with an OpenAI-style text tower that has no hand-made SPARO config, and
-lists the files it wrote in ``model_configs/GENERATED.txt`` (a test checks the files equal its output).
+OpenCLIP ViT-*-32/16/14 config with an OpenAI-style text tower that has no hand-made SPARO config (and for
+the timm / non-causal-text bases in ``EXTRA_BASES``), and lists the files it wrote in ``model_configs/GENERATED.txt`` (a test checks the files equal its output).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import torch
 from .config import SparoCfg
 from .factory import create_model, deep_merge, resolve_model_config
 from .registry import CONFIG_DIR
+from .towers import block_list
 
 MANIFEST = "GENERATED.txt"
 _MANIFEST_HEADER = "# written by `python -m sparo_clip.parity --write-registry`; do not edit\n"
@@ -46,14 +47,16 @@ class ParityResult:
     base_params: int
 
 
-def _meta_model(model_name: str, override: dict[str, Any] | None = None) -> torch.nn.Module:
+def meta_model(model_name: str, override: dict[str, Any] | None = None) -> torch.nn.Module:
+    """A registered model built on the meta device (shapes only: no memory, no weights loaded)."""
     # a placeholder handler keeps OpenCLIP's root-logger calls from installing a default handler
     placeholder = logging.NullHandler()
     root = logging.getLogger()
     root.addHandler(placeholder)
     try:
         with torch.device("meta"):
-            return create_model(model_name, override_config=override, device="meta")
+            # no tower weights are loaded for counting (and none can be on the meta device)
+            return create_model(model_name, override_config=override, device="meta", pretrained_text=False)
     finally:
         root.removeHandler(placeholder)
 
@@ -62,7 +65,14 @@ def _numel(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def parity_search(base_name: str, L: int = 64, V: int = 64, **sparo_kwargs: Any) -> ParityResult:
+def model_params(model_name: str, override: dict[str, Any] | None = None) -> int:
+    """Parameter count of a registered model (built on the meta device: no memory, no weights)."""
+    return _numel(meta_model(model_name, override))
+
+
+def parity_search(
+    base_name: str, L: int = 64, V: int = 64, override: dict[str, Any] | None = None, **sparo_kwargs: Any
+) -> ParityResult:
     """Like :func:`parity_config`, also returning both parameter counts."""
     fixed = {"reduce_depth": "it is what parity_config chooses", "num_slots": "use L=", "slot_dim": "use V="}
     for key, why in fixed.items():
@@ -72,21 +82,28 @@ def parity_search(base_name: str, L: int = 64, V: int = 64, **sparo_kwargs: Any)
     sparo["slot_norm"] = "cont:const"
     sparo.update(sparo_kwargs)
     SparoCfg.from_dict(sparo)  # names bad or unknown fields before any model is built
-    base_cfg = resolve_model_config(base_name)
+    base_cfg = resolve_model_config(base_name, override)
     if "sparo_cfg" in base_cfg:
         raise ValueError(f"{base_name} is already a SPARO config: pass the model it was made from")
-    base_params = _numel(_meta_model(base_name))
-    override = {"embed_dim": L * V, "sparo_cfg": sparo}
-    model = _meta_model(base_name, override)
+    base_params = _numel(meta_model(base_name, override))
+    model = meta_model(base_name, deep_merge(override or {}, {"embed_dim": L * V, "sparo_cfg": sparo}))
     full = _numel(model)
-    per_depth = _numel(model.visual.transformer.resblocks[-1]) + _numel(model.text.transformer.resblocks[-1])
+    v_blocks, t_blocks = block_list(model.visual), block_list(model.text)
+    per_depth = _numel(v_blocks[-1]) + _numel(t_blocks[-1])
     depth = max(0, math.ceil((full - base_params) / per_depth))
-    max_depth = min(base_cfg["vision_cfg"]["layers"], base_cfg["text_cfg"]["layers"]) - 1
+    max_depth = min(len(v_blocks), len(t_blocks)) - 1
     if depth > max_depth:
         raise ValueError(
             f"no reduce_depth in 0..{max_depth} keeps SPARO (L={L}, V={V}) on {base_name} within its "
             f"{base_params:,} parameters (reduce_depth={max_depth} gives {full - max_depth * per_depth:,}): "
             "use fewer or smaller slots"
+        )
+    if depth and any(
+        _numel(b) != _numel(blocks[-1]) for blocks in (v_blocks, t_blocks) for b in blocks[-depth:]
+    ):
+        raise ValueError(
+            f"{base_name}: the last {depth} blocks of a tower differ in size, so reduce_depth={depth} is not "
+            "an exact parameter match; pick reduce_depth by hand"
         )
     sparo["reduce_depth"] = depth
     config = deep_merge(base_cfg, {"embed_dim": L * V})
@@ -94,13 +111,20 @@ def parity_search(base_name: str, L: int = 64, V: int = 64, **sparo_kwargs: Any)
     return ParityResult(base_name, config, full - depth * per_depth, base_params)
 
 
-def parity_config(base_name: str, L: int = 64, V: int = 64, **sparo_kwargs: Any) -> dict[str, Any]:
-    """A SPARO model config from a registered OpenCLIP ViT config, within the base model's parameters.
+def parity_config(
+    base_name: str, L: int = 64, V: int = 64, override: dict[str, Any] | None = None, **sparo_kwargs: Any
+) -> dict[str, Any]:
+    """A SPARO model config from a registered OpenCLIP config, within the base model's parameters.
+
+    Works for every tower family SPARO reads (OpenCLIP ViT, timm ViT / CNN, OpenCLIP causal or
+    non-causal text, Hugging Face text): ``reduce_depth`` drops that many final blocks of each tower.
 
     Args:
         base_name: a registered model name, e.g. ``"ViT-B-16"``.
         L: number of slots (``sparo_cfg.num_slots``).
         V: slot width (``sparo_cfg.slot_dim``); ``embed_dim = L * V``.
+        override: deep-merged into the base config first (e.g. ``{"text_cfg": {"pad_id": 1, "eos_id": 1}}``
+            for a non-causal text tower, whose padding SPARO masks by these ids).
         **sparo_kwargs: other :class:`SparoCfg` fields (``heads``, ``attn_dim``, ``slot_norm``, ...).
 
     Returns:
@@ -109,7 +133,7 @@ def parity_config(base_name: str, L: int = 64, V: int = 64, **sparo_kwargs: Any)
 
     Raises:
         ValueError: unknown base, bad SPARO fields, or no ``reduce_depth`` that fits.
-        NotImplementedError: towers SPARO cannot read (ResNet, timm, Hugging Face).
+        NotImplementedError: towers SPARO cannot read (ModifiedResNet, CoCa-style text).
 
     Example:
         >>> cfg = parity_config("ViT-B-16", L=32, V=128)
@@ -119,7 +143,7 @@ def parity_config(base_name: str, L: int = 64, V: int = 64, **sparo_kwargs: Any)
         Written to ``my-dir/ViT-B-16-SPARO-32x128.json``, it registers with
         ``open_clip.add_model_config("my-dir")`` (or use ``sparo-clip parity ... --output FILE``).
     """
-    return parity_search(base_name, L, V, **sparo_kwargs).config
+    return parity_search(base_name, L, V, override, **sparo_kwargs).config
 
 
 # ----------------------------------------------------------------------------------- registry
@@ -147,6 +171,14 @@ def registry_bases() -> list[str]:
     return [n for n in names if _BASE_NAME.match(n) and openai_style_vit(open_clip.get_model_config(n) or {})]
 
 
+# Bases beyond the OpenAI-style ViTs, each with the base-config override its tower needs. Non-causal text
+# towers need the tokenizer's pad and end-of-text ids (OpenCLIP 3.3's SigLipTokenizer, c4-en: pad = eos = 1).
+EXTRA_BASES: dict[str, dict[str, Any]] = {
+    "ViT-B-16-SigLIP": {"text_cfg": {"pad_id": 1, "eos_id": 1}},  # timm ViT + non-causal text
+    "convnext_base": {},  # timm CNN vision tower
+}
+
+
 def _manifest(config_dir: Path) -> list[str]:
     path = config_dir / MANIFEST
     if not path.is_file():
@@ -156,14 +188,14 @@ def _manifest(config_dir: Path) -> list[str]:
 
 
 def generate_registry(config_dir: Path = CONFIG_DIR) -> dict[str, ParityResult]:
-    """File name -> parity result for every registry base without a hand-made SPARO config."""
+    """File name -> parity result for every registry base (and :data:`EXTRA_BASES`) without a hand-made config."""
     generated_before = set(_manifest(config_dir))
     hand_made = {p.name for p in config_dir.glob("*-SPARO.json")} - generated_before
     out = {}
-    for base in registry_bases():
+    for base in [*registry_bases(), *EXTRA_BASES]:
         name = f"{base}-SPARO.json"
         if name not in hand_made:
-            out[name] = parity_search(base)
+            out[name] = parity_search(base, override=EXTRA_BASES.get(base))
     return out
 
 
@@ -198,6 +230,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-share-kv", dest="share_kv", action="store_false", help="separate value projection")
     p.add_argument("--share-queries", action="store_true", help="text read-out reuses the vision queries")
     p.add_argument("--slot-norm", default="cont:const", help="'<rep>:<weight>' (default cont:const)")
+    p.add_argument(
+        "--override",
+        default=None,
+        help='JSON deep-merged into the base config, e.g. \'{"text_cfg": {"pad_id": 1}}\'',
+    )
     p.add_argument("--output", default=None, help="write the config JSON here instead of stdout")
     p.add_argument(
         "--write-registry", action="store_true", help="regenerate model_configs/<base>-SPARO.json files"
@@ -222,8 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.share_queries:
         kwargs["share_queries"] = True
     try:
-        r = parity_search(args.base, args.L, args.V, slot_norm=args.slot_norm, **kwargs)
-    except (ValueError, NotImplementedError) as e:
+        override = json.loads(args.override) if args.override else None
+        if override is not None and not isinstance(override, dict):
+            raise ValueError(f"--override must be a JSON object, got {args.override!r}")
+        r = parity_search(args.base, args.L, args.V, override, slot_norm=args.slot_norm, **kwargs)
+    except (ValueError, NotImplementedError, json.JSONDecodeError) as e:
         print(f"sparo-clip parity: error: {e}", file=sys.stderr)
         return 2
     text = config_text(r.config)

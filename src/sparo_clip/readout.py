@@ -17,7 +17,7 @@ from .config import parse_slot_norm
 
 
 def normalize_slots(raw: torch.Tensor, slot_norm: str = "cont:const") -> torch.Tensor:
-    """Turn raw slot outputs into unit-norm-overall slots, in fp32.
+    """Turn raw slot outputs into unit-norm-overall slots, in fp32 (float64 stays float64).
 
     Args:
         raw: (B, L, V) raw slot outputs, or (B, L, V + 1) for the softmax weights, whose first unit
@@ -30,10 +30,10 @@ def normalize_slots(raw: torch.Tensor, slot_norm: str = "cont:const") -> torch.T
             ``softmax`` a softmax over slot logits, rescaled to unit norm; ``sqrtsoftmax`` its square root.
 
     Returns:
-        (B, L, V) fp32 slots; the flattened (B, L * V) vector has unit L2 norm.
+        (B, L, V) slots in fp32 or wider; the flattened (B, L * V) vector has unit L2 norm.
     """
     rep, weight = parse_slot_norm(slot_norm)
-    raw = raw.float()
+    raw = raw.to(torch.promote_types(raw.dtype, torch.float32))
     if weight in ("softmax", "sqrtsoftmax"):
         logits, x = raw[..., 0], raw[..., 1:]  # (B, L), (B, L, V)
     else:

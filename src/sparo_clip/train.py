@@ -6,6 +6,8 @@ Every ``open_clip_train`` flag is accepted and its own ``main`` runs the loop (t
 - ``--override-model-config JSON`` (or ``@file.json``): deep-merged into the model config; recorded in
   ``params.txt`` and written with the resolved config to ``<logs>/<name>/model_config.json``.
 - ``--max-params N``: abort before training (exit code 2) when the model has more parameters.
+- ``--init-from CHECKPOINT``: start from every matching tensor of a checkpoint (:mod:`sparo_clip.transfer`);
+  ``--resume`` still wins when it finds a checkpoint of this run.
 - ``--logs-dir DIR``: the same as open_clip_train's ``--logs DIR``, which ``torchrun`` itself cannot take
   (torchrun reads ``--logs`` as an ambiguous prefix of its ``--logs-specs``).
 
@@ -23,6 +25,7 @@ import argparse
 import json
 import logging
 import os
+import pickle
 import sys
 import tarfile
 from pathlib import Path
@@ -48,6 +51,11 @@ def _our_parser() -> argparse.ArgumentParser:
         "--max-params", type=int, default=None, help="abort before training if the model is larger"
     )
     p.add_argument("--logs-dir", default=None, help="where to store logs (open_clip_train's --logs)")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="start from the matching tensors of this checkpoint (e.g. a plain OpenCLIP model's); see sparo_clip.transfer",
+    )
     return p
 
 
@@ -83,8 +91,9 @@ def count_params(model_name: str, override: dict[str, Any] | None, **model_kwarg
     root.addHandler(placeholder)
     try:
         with torch.device("meta"):
+            # no tower weights on the meta device (Hugging Face refuses from_pretrained there)
             model = sparo_clip.create_model(
-                model_name, override_config=override, device="meta", **model_kwargs
+                model_name, override_config=override, device="meta", pretrained_text=False, **model_kwargs
             )
     finally:
         root.removeHandler(placeholder)
@@ -208,7 +217,13 @@ def _adapt_open_clip_train(oc_main: Any, override: dict[str, Any] | None, extra:
             return sparo_clip.create_model_and_transforms(model_name, *args, **kwargs)
         if run_args.rank == 0:  # the run folder exists by now
             _write_model_config(run_args, override)
-        return sparo_clip.create_model_and_transforms(model_name, *args, override_config=override, **kwargs)
+        out = sparo_clip.create_model_and_transforms(model_name, *args, override_config=override, **kwargs)
+        if getattr(run_args, "init_from", None):  # before --resume, which open_clip_train applies later
+            from .transfer import init_from_checkpoint
+
+            report = init_from_checkpoint(out[0], run_args.init_from)
+            _logger.info("--init-from %s:\n%s", run_args.init_from, report.summary())
+        return out
 
     oc_main.parse_args = parse_args
     oc_main.create_model_and_transforms = create_model_and_transforms
@@ -258,6 +273,23 @@ def prepare(argv: list[str]) -> tuple[list[str], dict[str, Any] | None, argparse
         raise ConfigError(
             f"--max-params: {args.model} has {n_params:,} parameters, more than the budget of {ours.max_params:,}"
         )
+    if args.torchscript:
+        try:
+            sparo_clip.factory.refuse_jit(args.model, override, True)
+        except NotImplementedError as e:
+            raise ConfigError(f"--torchscript: {e}") from e
+    if ours.init_from is not None and (not os.path.isfile(ours.init_from) or args.pretrained):
+        why = (
+            "is not a file" if not os.path.isfile(ours.init_from) else "cannot be combined with --pretrained"
+        )
+        raise ConfigError(f"--init-from {ours.init_from} {why}")
+    if ours.init_from is not None:
+        from .transfer import check_init_from
+
+        try:
+            check_init_from(args.model, override, ours.init_from)
+        except (ValueError, RuntimeError, pickle.UnpicklingError) as e:  # a file torch.load refuses
+            raise ConfigError(f"--init-from: {e}") from e
     check_data(args)
     _logger.info("model %s: %s parameters", args.model, f"{n_params:,}")
     return rest, override, args
@@ -281,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = {
         "override_model_config": json.dumps(override) if override else None,
         "max_params": ours.max_params,
+        "init_from": ours.init_from,
     }
     _adapt_open_clip_train(oc_main, override, extra)
     return int(oc_main.main(rest) or 0)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+from ..config import parse_cfg
+
+__all__ = ["BottleneckCfg", "CodebookCfg", "TextPoolCfg", "parse_cfg"]
 
 
 def _positive_int(key: str, name: str, value: Any, allow_none: bool = False) -> None:
@@ -68,16 +69,3 @@ class TextPoolCfg:
 
     def __post_init__(self) -> None:
         _positive_int("text_pool_cfg", "heads", self.heads, allow_none=True)
-
-
-def parse_cfg(cls: type[T], value: dict[str, Any] | T | None, key: str) -> T | None:
-    """Build ``cls`` from a config dict (``None`` = feature off), naming unknown keys and the allowed ones."""
-    if value is None or isinstance(value, cls):
-        return value
-    if not isinstance(value, dict):
-        raise ValueError(f"{key} must be a dict (or null), got {type(value).__name__}: {value!r}")
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(value) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown {key} key(s) {unknown}: allowed keys are {allowed}")
-    return cls(**value)

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from open_clip.transformer import TextTransformer
 from torch import nn
 
-from ..model import _as_dict, _checked_cfg
-from ..towers import add_logits, eot_key_mask, text_hidden_states
+from ..base import ReadoutCLIP, as_cfg_dict, checked_cfg
+from ..towers import text_hidden_states, vit_hidden_states
 from .config import BottleneckCfg, CodebookCfg, TextPoolCfg, parse_cfg
 from .layers import CodebookPool, MaskedAttentionalPooler
 
@@ -32,8 +32,8 @@ BASELINE_KEYS = ("bottleneck_cfg", "codebook_cfg", "text_pool_cfg")
 
 def _check_token_towers(vision_cfg: dict[str, Any], text_cfg: dict[str, Any], need_vision: bool) -> None:
     """Codebook and text pooling read token sequences of OpenCLIP's ViT / TextTransformer."""
-    v = _checked_cfg(CLIPVisionCfg, vision_cfg, "vision_cfg")
-    t = _checked_cfg(CLIPTextCfg, text_cfg, "text_cfg")
+    v = checked_cfg(CLIPVisionCfg, vision_cfg, "vision_cfg")
+    t = checked_cfg(CLIPTextCfg, text_cfg, "text_cfg")
     if need_vision and (v.timm_model_name or isinstance(v.layers, (list, tuple)) or v.attentional_pool):
         raise NotImplementedError(
             "codebook_cfg reads the patch tokens of an OpenCLIP VisionTransformer without attentional_pool; "
@@ -58,7 +58,7 @@ def _project(tower: TextTransformer, pooled: torch.Tensor) -> torch.Tensor:
     return proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
 
 
-class BaselineCLIP(CustomTextCLIP):
+class BaselineCLIP(ReadoutCLIP):
     """CLIP with a bottleneck, an FDT codebook read-out and/or attentional text pooling (see module doc).
 
     The towers are built by OpenCLIP's own builders (via ``CustomTextCLIP``); ``forward`` keeps OpenCLIP's
@@ -87,12 +87,13 @@ class BaselineCLIP(CustomTextCLIP):
             raise ValueError(
                 "codebook_cfg and text_pool_cfg both replace the text pooling: set only one of them"
             )
-        vision_dict, text_dict = _as_dict(vision_cfg), _as_dict(text_cfg)
+        vision_dict, text_dict = as_cfg_dict(vision_cfg), as_cfg_dict(text_cfg)
         if codebook is not None or text_pool is not None:
             _check_token_towers(vision_dict, text_dict, need_vision=codebook is not None)
         head_dim = bottleneck.bottleneck_dim if bottleneck is not None else embed_dim
         super().__init__(
-            embed_dim=head_dim,
+            embed_dim=embed_dim,
+            tower_dim=head_dim,
             vision_cfg=vision_dict,
             text_cfg=text_dict,
             quick_gelu=quick_gelu,
@@ -102,10 +103,7 @@ class BaselineCLIP(CustomTextCLIP):
             cast_dtype=cast_dtype,
             output_dict=output_dict,
         )
-        self.embed_dim = embed_dim
         self.bottleneck_cfg, self.codebook_cfg, self.text_pool_cfg = bottleneck, codebook, text_pool
-        tcfg = CLIPTextCfg(**text_dict)
-        self._eos_id = tcfg.eos_id if tcfg.pool_type == "eos" else None
 
         self.codebook = self.image_codebook = self.text_codebook = None
         if codebook is not None:
@@ -138,7 +136,7 @@ class BaselineCLIP(CustomTextCLIP):
         """Image features (B, embed_dim)."""
         if self.image_codebook is None:
             return self._finish(self.visual(image), self.image_bottleneck, normalize)
-        x = self.visual.transformer(self.visual._embeds(image))  # (B, 1 + patches, width), no ln_post
+        x = vit_hidden_states(self.visual, image)  # (B, 1 + patches, width), no ln_post
         features = self.image_codebook(x[:, 1:], self.codebook)  # patch tokens only
         return self._finish(features, self.image_bottleneck, normalize)
 
@@ -146,7 +144,7 @@ class BaselineCLIP(CustomTextCLIP):
         """Text features (B, embed_dim)."""
         if self.text_codebook is None and self.text_pool is None:
             return self._finish(self.text(text), self.text_bottleneck, normalize)
-        key_mask = eot_key_mask(text, self._eos_id)
+        key_mask = self.text_key_mask(text)
         x = text_hidden_states(self.text, text, key_mask)  # (B, n, width), no ln_final
         key_mask = key_mask[:, : x.shape[1]]
         if self.text_codebook is not None:
@@ -156,44 +154,13 @@ class BaselineCLIP(CustomTextCLIP):
             features = _project(self.text, self.text.ln_final(pooled))
         return self._finish(features, self.text_bottleneck, normalize)
 
-    def forward_intermediates(
-        self,
-        image: torch.Tensor | None = None,
-        text: torch.Tensor | None = None,
-        normalize: bool = True,
-        intermediates_only: bool = False,
-        output_logits: bool = False,
-        output_logit_scale_bias: bool = False,
-        **kwargs: Any,
-    ) -> dict[str, Any]:
-        """OpenCLIP's ``forward_intermediates``, with this model's read-outs for the final features."""
-        output = super().forward_intermediates(image=image, text=text, intermediates_only=True, **kwargs)
-        if intermediates_only:
-            return output
-        if image is not None:
-            output["image_features"] = self.encode_image(image, normalize=normalize)
-        if text is not None:
-            output["text_features"] = self.encode_text(text, normalize=normalize)
-        return add_logits(output, self.logit_scale, self.logit_bias, output_logits, output_logit_scale_bias)
-
     # ----------------------------------------------------------------------------------- locking
-    def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
-        """LiT-style lock of the tower and its read-out head (the shared codebook stays trainable)."""
-        removed_proj = getattr(self.visual, "proj", 0) is None
-        if removed_proj:  # VisionTransformer.lock lists `proj` as its last group
-            self.visual.proj = nn.Parameter(torch.empty(0))
-        try:
-            self.visual.lock(unlocked_groups=unlocked_groups, freeze_bn_stats=freeze_bn_stats)
-        finally:
-            if removed_proj:
-                self.visual.proj = None
-        for head in (self.image_codebook, self.image_bottleneck):
-            if head is not None:
-                head.requires_grad_(unlocked_groups > 0)
+    def image_head_parameters(self) -> list[nn.Parameter]:
+        """The image codebook query map and bottleneck (the shared codebook stays trainable)."""
+        heads = (self.image_codebook, self.image_bottleneck)
+        return [p for head in heads if head is not None for p in head.parameters()]
 
-    def lock_text_tower(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
-        """Lock the text tower and its read-out head (the shared codebook stays trainable)."""
-        self.text.lock(unlocked_layers, freeze_layer_norm)
-        for head in (self.text_pool, self.text_codebook, self.text_bottleneck):
-            if head is not None:
-                head.requires_grad_(unlocked_layers > 0)
+    def text_head_parameters(self) -> list[nn.Parameter]:
+        """The text pooler, codebook query map and bottleneck (the shared codebook stays trainable)."""
+        heads = (self.text_pool, self.text_codebook, self.text_bottleneck)
+        return [p for head in heads if head is not None for p in head.parameters()]
