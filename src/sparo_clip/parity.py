@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import re
 import sys
@@ -24,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import open_clip
-import torch
 
 from .config import SparoCfg
-from .factory import create_model, deep_merge, resolve_model_config
+from .factory import deep_merge, resolve_model_config
+from .param_count import count_parameters as _numel
+from .param_count import meta_model as _meta_model
 from .registry import CONFIG_DIR
 
 MANIFEST = "GENERATED.txt"
@@ -44,22 +44,6 @@ class ParityResult:
     config: dict[str, Any]
     params: int
     base_params: int
-
-
-def _meta_model(model_name: str, override: dict[str, Any] | None = None) -> torch.nn.Module:
-    # a placeholder handler keeps OpenCLIP's root-logger calls from installing a default handler
-    placeholder = logging.NullHandler()
-    root = logging.getLogger()
-    root.addHandler(placeholder)
-    try:
-        with torch.device("meta"):
-            return create_model(model_name, override_config=override, device="meta")
-    finally:
-        root.removeHandler(placeholder)
-
-
-def _numel(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def parity_search(base_name: str, L: int = 64, V: int = 64, **sparo_kwargs: Any) -> ParityResult:
