@@ -75,6 +75,24 @@ def probe_shard(path: str) -> str | None:
         return str(e) or type(e).__name__
 
 
+def member_names(path: str, limit: int = 64) -> list[str] | None:
+    """Names of a local shard's first ``limit`` members (headers only), or None if it is damaged before."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            names = []
+            for member in tar:
+                names.append(member.name)
+                if len(names) >= limit:
+                    return names
+            end = tar.offset
+        with open(path, "rb") as f:
+            f.seek(end)
+            tail = f.read()
+        return names if len(tail) >= _END_OF_ARCHIVE and not any(tail) else None
+    except (tarfile.TarError, OSError):
+        return None
+
+
 @lru_cache(maxsize=64)
 def _sizes(folder: str) -> dict[str, int]:
     try:
@@ -131,20 +149,29 @@ def _split(name: str) -> tuple[str, str]:
 def _samples_of(url: str, report: ShardReport) -> Iterator[dict[str, Any]]:
     files = _local_files(url) if is_local(url) else _remote_files(url)
     current: dict[str, Any] | None = None
-    for name, data in files:
-        key, ext = _split(name)
-        if current is not None and (key != current["__key__"] or ext in current):
+    try:
+        for name, data in files:
+            key, ext = _split(name)
+            if current is not None and (key != current["__key__"] or ext in current):
+                yield from _checked(current, report)
+                current = None
+            if current is None:
+                current = {"__key__": key, "__url__": url}
+            current[ext] = data
+    except (CorruptShardError, OSError, tarfile.TarError):
+        if current is not None and _complete(current):  # the last whole sample before the damage
             yield from _checked(current, report)
-            current = None
-        if current is None:
-            current = {"__key__": key, "__url__": url}
-        current[ext] = data
+        raise
     if current is not None:
         yield from _checked(current, report)
 
 
+def _complete(sample: dict[str, Any]) -> bool:
+    return "txt" in sample and any(ext in sample for ext in _IMAGE_EXTS)
+
+
 def _checked(sample: dict[str, Any], report: ShardReport) -> Iterator[dict[str, Any]]:
-    if "txt" not in sample or not any(ext in sample for ext in _IMAGE_EXTS):
+    if not _complete(sample):
         report.incomplete += 1
     elif not sample["txt"].decode("utf-8", "replace").strip():
         report.blank += 1

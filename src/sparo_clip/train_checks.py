@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import torch
 
 from .checkpoints import CheckpointError, load_checkpoint_file
-from .shards import is_local, listed_size, probe_shard
+from .shards import is_local, listed_size, member_names, probe_shard
 
 
 class ConfigError(ValueError):
@@ -184,11 +183,9 @@ def _check_workers(
 def _check_shard_has_captions(paths: list[str], flag: str) -> None:
     """open_clip_train's loader waits forever on shards without ``.txt``: check one readable shard."""
     for path in paths[:4]:
-        try:
-            with tarfile.open(path) as tar:
-                names = [m.name for m in tar.getmembers()[:64]]
-        except (tarfile.TarError, OSError):
-            continue  # a broken shard is skipped (and logged) by the loader
+        names = member_names(path)
+        if names is None:
+            continue  # a damaged shard is skipped (and named) by the loader
         if not any(n.endswith(".txt") for n in names):
             raise ConfigError(
                 f"--{flag}: shard {path} has no '.txt' captions (found e.g. {names[:4]}); "
