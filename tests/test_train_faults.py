@@ -3,6 +3,7 @@
 Every hang is tested on a subprocess with a hard timeout.
 """
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -238,7 +239,14 @@ BAD_FLAGS = [
     (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
     (["--dataset-type", "csv"], "is a tar shard, but --dataset-type is csv; use webdataset"),
     ("file-as-logs", "is a file, not a folder"),
+    (["--lr", "-1"], "--lr -1.0: must be zero or more"),
+    (["--warmup", "-5"], "--warmup -5: must be zero or more"),
+    (["--force-image-size", "0"], "--force-image-size 0: image sizes must be positive"),
 ]
+if importlib.util.find_spec("tensorboard") is None:  # open_clip_train would assert after creating the run
+    BAD_FLAGS.append(
+        (["--report-to", "tensorboard"], "--report-to tensorboard: tensorboard is not installed")
+    )
 
 
 @pytest.mark.parametrize("extra, message", BAD_FLAGS, ids=[m[:24] for _, m in BAD_FLAGS])

@@ -193,21 +193,32 @@ def _restored_logging() -> Iterator[None]:
                 lg.setLevel(levels.get(name, logging.NOTSET))
 
 
-@contextlib.contextmanager
-def _stand_in_module(name: str, **attrs: Any) -> Iterator[None]:
-    """Register a stand-in module in sys.modules for the scope, unless the real one is importable."""
+def install_stand_in_module(name: str, **attrs: Any) -> types.ModuleType | None:
+    """Put a stand-in module into ``sys.modules`` unless the real one is importable (or one is there already).
+
+    open_clip_train 3.3.0 imports ``imagenetv2_pytorch`` (not on PyPI) for ``--imagenet-v2``.
+
+    Returns:
+        the module registered, or None when nothing was registered.
+    """
     import importlib.util
 
     if name in sys.modules or importlib.util.find_spec(name) is not None:
-        yield
-        return
+        return None
     module = types.ModuleType(name)
     module.__dict__.update(attrs)
     sys.modules[name] = module
+    return module
+
+
+@contextlib.contextmanager
+def _stand_in_module(name: str, **attrs: Any) -> Iterator[None]:
+    """:func:`install_stand_in_module` for the scope only."""
+    module = install_stand_in_module(name, **attrs)
     try:
         yield
     finally:
-        if sys.modules.get(name) is module:
+        if module is not None and sys.modules.get(name) is module:
             del sys.modules[name]
 
 

@@ -108,14 +108,7 @@ def _provide_imagenet_v2_reader() -> None:
 
     A training run needs no call: it registers the reader for its own duration only.
     """
-    import importlib.util
-    import types
-
-    if "imagenetv2_pytorch" in sys.modules or importlib.util.find_spec("imagenetv2_pytorch") is not None:
-        return  # installed, or registered by an earlier call in this process
-    module = types.ModuleType("imagenetv2_pytorch")
-    module.ImageNetV2Dataset = ImageNetV2Folder
-    sys.modules["imagenetv2_pytorch"] = module
+    integration.install_stand_in_module("imagenetv2_pytorch", ImageNetV2Dataset=ImageNetV2Folder)
 
 
 def _write_model_config(args: argparse.Namespace, override: dict[str, Any] | None) -> None:
@@ -185,6 +178,7 @@ def prepare(argv: list[str]) -> tuple[list[str], dict[str, Any] | None, argparse
     args = oc_parse_args(rest)  # a usage error exits here (code 2), as argparse does
     train_checks.check_numbers(args)
     train_checks.check_precision(args)
+    train_checks.check_reporting(args)
     model_kwargs: dict[str, Any] = {}
     if args.force_image_size is not None:
         size = args.force_image_size

@@ -35,6 +35,26 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise ConfigError(
             f"--train-num-samples {args.train_num_samples}: must be a positive number of samples"
         )
+    for flag in ("lr", "warmup"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 0:
+            raise ConfigError(f"--{flag} {value}: must be zero or more")
+    size = args.force_image_size
+    sizes = size if isinstance(size, (list, tuple)) else [size] if size is not None else []
+    if any(s < 1 for s in sizes):
+        raise ConfigError(f"--force-image-size {' '.join(map(str, sizes))}: image sizes must be positive")
+
+
+def check_reporting(args: argparse.Namespace) -> None:
+    """``--report-to`` backends must be installed (open_clip_train asserts only after creating the run)."""
+    import importlib.util
+
+    wanted = str(args.report_to or "")
+    for backend in ("wandb", "tensorboard"):  # open_clip_train tests for the substring
+        if (backend in wanted or "all" in wanted) and importlib.util.find_spec(backend) is None:
+            raise ConfigError(
+                f"--report-to {args.report_to}: {backend} is not installed; install it, or use --report-to none"
+            )
 
 
 def check_precision(args: argparse.Namespace) -> None:
