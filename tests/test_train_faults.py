@@ -151,6 +151,22 @@ def test_resume_latest_skips_unreadable_checkpoints(tmp_path):
     assert torch.load(_ckpt(logs, "skip", 3), weights_only=True)["epoch"] == 3
 
 
+def test_resume_latest_with_no_readable_checkpoint_stops_with_one_line(tmp_path, capsys):
+    data, logs = tmp_path / "data", tmp_path / "logs"
+    pattern = make_shards(data, num_shards=2, per_shard=4)
+    args = base_args(pattern, logs, "none", batch_size=8, num_samples=8, epochs=2)
+    assert main(args) == 0
+    for epoch in (1, 2):
+        _ckpt(logs, "none", epoch).write_bytes(b"not a checkpoint")
+    capsys.readouterr()
+    assert main([*args, "--resume", "latest"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(
+        f"sparo-clip train: error: --resume latest: no readable checkpoint in {logs / 'none'}"
+    )
+    assert "(2 unreadable)" in err
+
+
 class _Evil:
     """Unpickling this calls ``open(marker, "w")``: code run by the load."""
 

@@ -101,7 +101,8 @@ def check_logs(args: argparse.Namespace) -> None:
         os.unlink(tmp)
     except OSError as e:
         raise ConfigError(f"--logs-dir {args.logs}: cannot write in {existing} ({e.strerror or e})") from e
-    if args.name and (logs / args.name / "out.log").exists() and args.resume != "latest":
+    first_rank = os.environ.get("RANK", "0") == "0"  # other ranks may start after rank 0 created the run
+    if first_rank and args.name and (logs / args.name / "out.log").exists() and args.resume != "latest":
         raise ConfigError(
             f"--name {args.name}: a run of that name already exists in {logs / args.name}; pick another "
             "--name, or pass --resume latest to continue it"
