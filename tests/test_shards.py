@@ -82,3 +82,18 @@ def test_probes_read_headers_only(tmp_path):
     assert member_names(str(tmp_path / "shard-002.tar")) is None  # damaged within what was read
     (tmp_path / "empty.tar").write_bytes(b"")
     assert probe_shard(str(tmp_path / "empty.tar")) == "empty file"
+
+
+def test_a_worker_without_shards_is_an_error_not_a_wait():
+    with pytest.raises(DataError, match=r"^no shard reached this worker: there are more data workers"):
+        list(shard_samples([], lambda e: True, PassRules(batch_size=1)))
+
+
+def test_resampled_unreadable_shards_end_after_a_barren_run(tmp_path):
+    import itertools
+
+    make_shards(tmp_path, num_shards=1, per_shard=4)
+    damage_shard(tmp_path / "shard-000.tar", "truncate")
+    endless = ({"url": str(tmp_path / "shard-000.tar")} for _ in itertools.count())  # as --dataset-resampled
+    with pytest.raises(DataError, match=r"^5 shards in a row gave this worker no usable sample"):
+        list(shard_samples(endless, lambda e: True, PassRules(batch_size=1, max_barren_run=5)))

@@ -186,6 +186,8 @@ class PassRules:
 
     batch_size: int
     where: Callable[[], str] = lambda: "this worker"
+    # with --dataset-resampled a pass never ends: give up after this many shards in a row without a sample
+    max_barren_run: int | None = None
 
 
 def shard_samples(
@@ -215,9 +217,18 @@ def shard_samples(
         message = report.warning()
         if message:
             _logger.warning(message)
+        barren = reports[-rules.max_barren_run :] if rules.max_barren_run else []
+        if len(barren) == rules.max_barren_run and not any(r.samples for r in barren):
+            raise DataError(
+                f"{len(barren)} shards in a row gave {rules.where()} no usable sample (e.g. {barren[-1].url}: "
+                f"{barren[-1].error or 'no usable samples'}): the resampled data is unreadable"
+            )
     total = sum(r.samples for r in reports)
     if not reports:
-        return
+        raise DataError(
+            f"no shard reached {rules.where()}: there are more data workers (--workers x processes) than "
+            "shards; use fewer --workers or more shards"
+        )
     if total == 0:
         readable = [r for r in reports if r.error is None]
         shown = "; ".join(f"{r.url} ({r.error or 'no usable samples'})" for r in reports[:4])

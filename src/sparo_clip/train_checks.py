@@ -189,6 +189,11 @@ def _check_workers(
             f"data workers but only {num_shards} shard(s); each worker needs a shard: use --workers "
             f"{max(num_shards // world_size, 0)} or fewer"
         )
+    if world_size > num_shards:  # with --workers 0 each process reads its own shards
+        raise ConfigError(
+            f"--train-data: {num_shards} shard(s) for {world_size} processes; each process needs a shard: "
+            "split the data into more shards, or use --dataset-resampled"
+        )
     sizes = [0 if u in unreadable else listed_size(u) for u in urls]
     if any(s is None for s in sizes):
         return  # counts unknown: the loader checks each pass (shards.shard_samples)

@@ -136,7 +136,11 @@ def make_tarfile_to_samples(state: RunState) -> Callable[..., Iterator[dict[str,
     def tarfile_to_samples(src: Iterable[dict[str, Any]], handler: Callable[[BaseException], bool] = None):
         from open_clip_train.data import log_and_continue
 
-        rules = PassRules(batch_size=int(state.arg("batch_size", 1)), where=lambda: _where(state))
+        rules = PassRules(
+            batch_size=int(state.arg("batch_size", 1)),
+            where=lambda: _where(state),
+            max_barren_run=50 if state.arg("dataset_resampled", False) else None,
+        )
         return shard_samples(src, handler or log_and_continue, rules)
 
     return tarfile_to_samples
