@@ -20,7 +20,7 @@ import logging
 import sys
 import types
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import open_clip
@@ -137,7 +137,6 @@ class RunAdapters:
     shuffle: Callable[..., Any]
     imagenet_v2_dataset: type
     cpu_safe_ddp: type | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # (module, attribute) pairs open_clip_train_run replaces; every one is restored when the run ends. Why each:
@@ -151,7 +150,8 @@ RUN_PATCH_POINTS: tuple[tuple[str, str], ...] = (
     # checkpoint reads: weights_only=True always; unreadable --resume latest files skipped
     ("open_clip_train.main", "pt_load"),
     ("open_clip_train.main", "get_latest_checkpoint"),
-    # torch as open_clip_train.main sees it: atomic torch.save; CPU-safe DDP (3.3.0 passes device_ids on CPU)
+    # torch as open_clip_train.main sees it: atomic torch.save; CPU-safe DDP (3.3.0 passes device_ids=[cpu],
+    # which torch 2.14.1's DDP rejects for CPU modules)
     ("open_clip_train.main", "torch"),
     # training shard reader: per-shard accounting (corrupt tails, blank captions, batch-less passes)
     ("open_clip_train.data", "tarfile_to_samples_nothrow"),
