@@ -275,6 +275,46 @@ def test_bad_flags_fail_at_once_in_one_line(tmp_path, capsys, extra, message):
     assert not (tmp_path / "logs" / "bad").exists()
 
 
+def test_bad_csv_and_imagenet_folders_fail_at_once(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(4):
+        Image.new("RGB", (32, 32), (60 * i, 0, 0)).save(tmp_path / "img" / f"{i}.png")
+        rows.append(f"{tmp_path / 'img' / f'{i}.png'}\ta red square\n")
+    good, wrong = tmp_path / "train.csv", tmp_path / "wrong.csv"
+    good.write_text("filepath\ttitle\n" + "".join(rows))
+    wrong.write_text("path,caption\n" + "".join(r.replace("\t", ",") for r in rows))
+    (tmp_path / "emptyval").mkdir()
+    pattern = make_shards(tmp_path / "data", num_shards=2, per_shard=4)
+    cases = [
+        (
+            base_args(str(wrong), tmp_path / "logs", "bad", num_samples=4, batch_size=2),
+            "has no column(s) ['filepath', ",
+        ),
+        (
+            base_args(str(good), tmp_path / "logs", "bad", num_samples=4, batch_size=8),
+            "has 4 rows, fewer than one batch",
+        ),
+        (
+            base_args(pattern, tmp_path / "logs", "bad", num_samples=8)
+            + ["--imagenet-val", str(tmp_path / "emptyval")],
+            "emptyval has no class sub-folders",
+        ),
+    ]
+    for args, message in cases:
+        if args[args.index("--train-data") + 1].endswith(".csv"):
+            args[args.index("--dataset-type") + 1] = "csv"
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "logs" / "bad").exists()
+    args = base_args(str(good), tmp_path / "logs", "good", num_samples=4, batch_size=2)
+    args[args.index("--dataset-type") + 1] = "csv"
+    assert main(args) == 0  # the same CSV with a batch it fills trains
+
+
 def test_existing_run_name_is_refused_before_work(tmp_path, capsys):
     pattern = make_shards(tmp_path / "data", num_shards=2, per_shard=4)
     run = tmp_path / "logs" / "taken"

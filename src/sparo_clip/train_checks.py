@@ -160,6 +160,8 @@ def check_data(args: argparse.Namespace, world_size: int = 1) -> None:
             raise ConfigError(
                 f"--{flag}: {len(missing)} of {len(paths)} path(s) do not exist: {_shown(missing)}"
             )
+        if kind == "csv" and paths:
+            _check_csv(args, paths[0], flag, is_train=attr == "train_data", world_size=world_size)
         if kind != "webdataset" or not paths:
             continue
         unreadable = [(p, why) for p in paths if (why := probe_shard(p)) is not None]
@@ -176,6 +178,31 @@ def check_data(args: argparse.Namespace, world_size: int = 1) -> None:
         path = getattr(args, attr, None)
         if path and not os.path.isdir(path):
             raise ConfigError(f"--{attr.replace('_', '-')}: {path} is not a directory")
+        if path and not any(p.is_dir() for p in Path(path).iterdir()):
+            raise ConfigError(
+                f"--{attr.replace('_', '-')}: {path} has no class sub-folders (it needs one folder per class)"
+            )
+
+
+def _check_csv(args: argparse.Namespace, path: str, flag: str, is_train: bool, world_size: int) -> None:
+    """The columns open_clip_train reads must exist, and a training CSV must fill one batch per process."""
+    import csv
+
+    sep = args.csv_separator
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        header = next(csv.reader(f, delimiter=sep), [])
+        rows = sum(1 for line in f if line.strip())
+    missing = [k for k in (args.csv_img_key, args.csv_caption_key) if k not in header]
+    if missing:
+        raise ConfigError(
+            f"--{flag}: {path} has no column(s) {missing} (separator {sep!r}; columns: {header[:6]}); "
+            "set --csv-img-key / --csv-caption-key / --csv-separator"
+        )
+    if is_train and rows < args.batch_size * world_size:
+        raise ConfigError(
+            f"--batch-size {args.batch_size}: {path} has {rows} rows, fewer than one batch for each of "
+            f"{world_size} process(es); the epoch would train on nothing: use a smaller --batch-size"
+        )
 
 
 def _check_workers(
