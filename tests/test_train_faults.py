@@ -32,15 +32,14 @@ def _run(args, timeout=120):
 # ----------------------------------------------------------------------------------------------- data
 
 
-def test_no_readable_shard_fails_before_work(tmp_path, capsys):
+def test_no_readable_shard_fails_before_work(tmp_path):
     pattern = make_shards(tmp_path / "data", num_shards=2, per_shard=4)
     for shard in sorted((tmp_path / "data").glob("*.tar")):
         damage_shard(shard, "random")
-    assert main(base_args(pattern, tmp_path / "logs", "none", num_samples=8)) == 2
-    err = capsys.readouterr().err
-    assert (
-        "--train-data: 0 of 2 shards readable: " in err and "shard-000.tar" in err and "shard-001.tar" in err
-    )
+    r = _run(base_args(pattern, tmp_path / "logs", "none", num_samples=8))  # looped forever before
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "--train-data: 0 of 2 shards readable: " in r.stderr
+    assert "shard-000.tar" in r.stderr and "shard-001.tar" in r.stderr
     assert not (tmp_path / "logs" / "none").exists()
 
 
@@ -54,14 +53,13 @@ def test_shards_unreadable_after_their_first_header_end_the_run_in_bounded_time(
     assert "shard-000.tar" in r.stderr and "shard-001.tar" in r.stderr
 
 
-def test_fewer_samples_than_a_batch_fails_before_training(tmp_path, capsys):
+def test_fewer_samples_than_a_batch_fails_before_training(tmp_path):
     pattern = make_shards(tmp_path / "data", num_shards=2, per_shard=5)
-    args = base_args(pattern, tmp_path / "logs", "small", batch_size=64, num_samples=10)
-    assert main(args) == 2
-    err = capsys.readouterr().err
+    r = _run(base_args(pattern, tmp_path / "logs", "small", batch_size=64, num_samples=10))  # hung before
+    assert r.returncode == 2, r.stderr[-2000:]
     assert (
         "--batch-size 64: a data worker can get as few as 10 samples (2 shards, 10 samples per sizes.json"
-        in err
+        in r.stderr
     )
     assert not (tmp_path / "logs" / "small").exists()
 
