@@ -217,7 +217,7 @@ def test_non_finite_loss_stops_before_saving(tmp_path, capsys):
     args = base_args(pattern, tmp_path / "logs", "nan", batch_size=4, num_samples=16, opt="timm/momentum")
     args[args.index("--lr") + 1] = "1e30"  # the first step sends the weights to infinity
     assert main([*args, "--momentum", "0", "--wd", "0"]) == 1
-    assert "error: the training loss is nan at step 2" in capsys.readouterr().err
+    assert "error: the training loss is nan at batch 2 of this run" in capsys.readouterr().err
     assert not any((tmp_path / "logs" / "nan" / "checkpoints").iterdir())
 
 

@@ -152,7 +152,7 @@ class _Run:
         return integration.RunAdapters(
             parse_args=self.parse_args,
             create_model_and_transforms=self.create_model_and_transforms,
-            create_loss=train_run.make_loss(self.state),
+            create_loss=train_run.make_loss(),
             pt_load=pt_load,
             get_latest_checkpoint=latest,
             save=train_run.save,

@@ -64,13 +64,15 @@ class FiniteLoss(torch.nn.Module):
         total = sum(v.detach().float().sum() for v in values if torch.is_tensor(v))
         if torch.is_tensor(total) and not bool(torch.isfinite(total)):
             raise NonFiniteLossError(
-                f"the training loss is {total.item()} at step {self.calls} of this epoch: stopped before saving "
+                f"the training loss is {total.item()} at batch {self.calls} of this run: stopped before saving "
                 "non-finite weights (lower --lr, use --precision amp_bf16 or fp32, or check the data)"
             )
         return out
 
 
-def make_loss(state: RunState) -> Callable[..., Any]:
+def make_loss() -> Callable[..., Any]:
+    """The create_loss adapter: open_clip_train's own loss, wrapped in :class:`FiniteLoss`."""
+
     def create_loss(original: Callable[..., Any], args: argparse.Namespace) -> Any:
         return FiniteLoss(original(args))
 
