@@ -10,6 +10,7 @@ import torch
 from open_clip.loss import ClipLoss
 
 import sparo_clip  # noqa: F401  (registers the SPARO configs)
+from sparo_clip.param_count import count_parameters
 
 from .common import Env, captions, count_flops, interleaved, median
 
@@ -76,7 +77,7 @@ def _caption_tokens(text: torch.Tensor) -> dict[str, float]:
 def bench_pair(pair: Pair, env: Env) -> dict[str, list[dict[str, object]]]:
     """Training step (time and FLOPs) and encoder throughput of both models of a pair, interleaved."""
     models = {"sparo": _build(pair.sparo, env), "baseline": _build(pair.baseline, env)}
-    params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
+    params = {k: count_parameters(m) for k, m in models.items()}
     train, infer = [], []
     for batch in pair.batches:
         images, text = _inputs(pair.baseline, batch, env)

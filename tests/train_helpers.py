@@ -95,3 +95,36 @@ def load_shard_samples(pattern_dir: Path, shard: str, preprocess, tokenizer):
         images.append(preprocess(Image.open(_io.BytesIO(members[name])).convert("RGB")))
         texts.append(members[key + ".txt"].decode())
     return torch.stack(images), tokenizer(texts)
+
+
+def damage_shard(path: Path, how: str, seed: int = 0) -> None:
+    """Damage a shard in place: ``random`` (all bytes), ``tail`` (garbage after 2 good samples),
+    ``cut`` (cut at a member boundary after 2 samples, no end-of-archive marker), ``truncate`` (mid-member)."""
+    rng = np.random.default_rng(seed)
+    data = path.read_bytes()
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+    after_two = members[4].offset  # 2 samples = 4 members (image + caption)
+    if how == "random":
+        data = rng.integers(0, 256, len(data), dtype=np.uint8).tobytes()
+    elif how == "tail":
+        data = data[:after_two] + rng.integers(1, 256, 3000, dtype=np.uint8).tobytes()
+    elif how == "cut":
+        data = data[:after_two]
+    elif how == "truncate":
+        data = data[: members[1].offset + 256]
+    else:
+        raise ValueError(how)
+    path.write_bytes(data)
+
+
+def set_captions(path: Path, caption: str, count: int) -> None:
+    """Rewrite the first ``count`` captions of a shard to ``caption``."""
+    with tarfile.open(path) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    done = 0
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            if name.endswith(".txt") and done < count:
+                data, done = caption.encode(), done + 1
+            _add(tar, name, data)

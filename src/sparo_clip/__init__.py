@@ -1,7 +1,8 @@
 """sparo-clip: SPARO (separate-head attention read-out, Vani et al., ECCV 2024) for OpenCLIP.
 
 Importing this package registers the SPARO model configs into OpenCLIP's model zoo and installs the
-one hook that lets ``open_clip.create_model*`` build :class:`SparoCLIP` for them::
+factory hook (:mod:`sparo_clip.integration`) that lets ``open_clip.create_model*`` build :class:`SparoCLIP`
+for them::
 
     import open_clip, sparo_clip
     model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32-SPARO", pretrained="epoch_25.pt")

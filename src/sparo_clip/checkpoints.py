@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -39,12 +41,14 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def load_checkpoint_file(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
+def load_checkpoint_file(path: str | os.PathLike[str], map_location: Any = "cpu", mmap: bool = False) -> Any:
     """Load a checkpoint with ``weights_only=True``; raise :class:`CheckpointError` with one clear line.
 
     Args:
         path: the checkpoint file.
         map_location: as for ``torch.load``.
+        mmap: map the tensors from the file instead of reading them (a cheap check of a large file); files in
+            torch's legacy (non-zip) format are then read whole.
     """
     path = Path(path)
     if not path.is_file():
@@ -55,6 +59,8 @@ def load_checkpoint_file(path: str | os.PathLike[str], map_location: Any = "cpu"
     if size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted write?")
     try:
+        if mmap and zipfile.is_zipfile(path):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         refused = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "global" in ln]
@@ -98,3 +104,20 @@ def newest_readable(
         except CheckpointError as e:
             skipped.append((p, str(e)))
     return None, None, skipped
+
+
+def training_checkpoints(folder: str | os.PathLike[str]) -> list[Path]:
+    """A run's checkpoints, newest first: ``epoch_latest.pt``, then ``epoch_N.pt`` by decreasing ``N``.
+
+    Temporary files of interrupted writes (``tmp.pt``, ``.<name>.*.tmp``) are never candidates.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    numbered = []
+    for p in folder.glob("epoch_*.pt"):
+        match = re.fullmatch(r"epoch_(\d+)\.pt", p.name)
+        if match:
+            numbered.append((int(match.group(1)), p))
+    latest = [folder / "epoch_latest.pt"] if (folder / "epoch_latest.pt").is_file() else []
+    return latest + [p for _, p in sorted(numbered, reverse=True)]

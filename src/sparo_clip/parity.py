@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import re
 import sys
@@ -24,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import open_clip
-import torch
 
 from .config import SparoCfg
-from .factory import create_model, deep_merge, resolve_model_config
+from .factory import deep_merge, resolve_model_config
+from .param_count import count_model_parameters as model_params  # noqa: F401 (re-exported)
+from .param_count import count_parameters as _numel
+from .param_count import meta_model
 from .registry import CONFIG_DIR
 from .towers import block_list
 
@@ -45,29 +46,6 @@ class ParityResult:
     config: dict[str, Any]
     params: int
     base_params: int
-
-
-def meta_model(model_name: str, override: dict[str, Any] | None = None) -> torch.nn.Module:
-    """A registered model built on the meta device (shapes only: no memory, no weights loaded)."""
-    # a placeholder handler keeps OpenCLIP's root-logger calls from installing a default handler
-    placeholder = logging.NullHandler()
-    root = logging.getLogger()
-    root.addHandler(placeholder)
-    try:
-        with torch.device("meta"):
-            # no tower weights are loaded for counting (and none can be on the meta device)
-            return create_model(model_name, override_config=override, device="meta", pretrained_text=False)
-    finally:
-        root.removeHandler(placeholder)
-
-
-def _numel(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def model_params(model_name: str, override: dict[str, Any] | None = None) -> int:
-    """Parameter count of a registered model (built on the meta device: no memory, no weights)."""
-    return _numel(meta_model(model_name, override))
 
 
 def parity_search(

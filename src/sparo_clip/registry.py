@@ -1,29 +1,26 @@
-"""Registration of SPARO configs into OpenCLIP, and the one hook into its factory.
+"""Registration of SPARO configs into OpenCLIP, and which model class builds which config.
 
 OpenCLIP's ``create_model`` picks its model class from ``CLIP`` / ``CustomTextCLIP`` / ``CoCa`` and calls
-``model_class(**model_cfg)``. The hook replaces the ``CLIP`` and ``CustomTextCLIP`` names inside
-``open_clip.factory`` with a dispatcher: a config holding one of the keys in :data:`MODEL_BUILDERS`
+``model_class(**model_cfg)``. Through the factory hook in :mod:`sparo_clip.integration` (the one module that
+touches OpenCLIP's internals), a config holding one of the keys in :data:`MODEL_BUILDERS`
 (``sparo_cfg`` -> :class:`SparoCLIP`) is built by that builder, any other config by the original class.
-The choice comes from config fields, never from the model's name. Everything else goes through
-OpenCLIP's public API.
+The choice comes from config fields, never from the model's name. Config registration uses OpenCLIP's
+public ``add_model_config``.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import open_clip
-import open_clip.factory as oc_factory
 
+from . import integration
 from .model import SparoCLIP
 
-OPEN_CLIP_VERSION = "3.3.0"  # the version the hook was written and tested against
+OPEN_CLIP_VERSION = integration.OPEN_CLIP_VERSION  # the version the hook was checked against
 CONFIG_DIR = Path(__file__).parent / "model_configs"
-_HOOK_ATTR = "_sparo_clip_hook"
-_logger = logging.getLogger(__name__)
 
 # top-level model-config key -> model class built for configs that hold it
 MODEL_BUILDERS: dict[str, Callable[..., Any]] = {"sparo_cfg": SparoCLIP}
@@ -34,45 +31,31 @@ def register_model_builder(config_key: str, builder: Callable[..., Any]) -> None
     MODEL_BUILDERS[config_key] = builder
 
 
-def _make_dispatch(original: type) -> Any:
-    def build(*args: Any, **kwargs: Any) -> Any:
-        keys = [key for key in MODEL_BUILDERS if key in kwargs]
-        builders = {MODEL_BUILDERS[key] for key in keys}
-        if len(builders) > 1:
-            raise ValueError(
-                f"the model config holds {keys}, which belong to different models "
-                f"({sorted(b.__name__ for b in builders)}): use one of them"
-            )
-        return builders.pop()(*args, **kwargs) if builders else original(*args, **kwargs)
-
-    build.__name__ = build.__qualname__ = original.__name__
-    build.__doc__ = f"{original.__name__}, or the sparo_clip builder named by a config key (sparo_clip hook)."
-    setattr(build, _HOOK_ATTR, original)
-    return build
+def select_builder(model_cfg: dict[str, Any]) -> Callable[..., Any] | None:
+    """The builder for a model config (by its top-level keys in :data:`MODEL_BUILDERS`), or None for OpenCLIP's."""
+    keys = [key for key in MODEL_BUILDERS if key in model_cfg]
+    builders = {MODEL_BUILDERS[key] for key in keys}
+    if len(builders) > 1:
+        raise ValueError(
+            f"the model config holds {keys}, which belong to different models "
+            f"({sorted(b.__name__ for b in builders)}): use one of them"
+        )
+    return builders.pop() if builders else None
 
 
 def install_factory_hook() -> None:
-    """Install the model-class dispatch into ``open_clip.factory`` (idempotent)."""
-    if open_clip.__version__ != OPEN_CLIP_VERSION:
-        _logger.warning(
-            "sparo_clip's factory hook was written for open_clip_torch %s, found %s",
-            OPEN_CLIP_VERSION,
-            open_clip.__version__,
-        )
-    for name in ("CLIP", "CustomTextCLIP"):
-        current = getattr(oc_factory, name)
-        if not hasattr(current, _HOOK_ATTR):
-            setattr(oc_factory, name, _make_dispatch(current))
+    """Install the model-class dispatch into ``open_clip.factory`` (idempotent; see :mod:`.integration`)."""
+    integration.install_factory_hook(select_builder)
 
 
 def hook_installed() -> bool:
-    return all(hasattr(getattr(oc_factory, n), _HOOK_ATTR) for n in ("CLIP", "CustomTextCLIP"))
+    return integration.hook_installed()
 
 
 def register_configs(path: str | Path = CONFIG_DIR) -> list[str]:
     """Add a folder (or file) of model configs to OpenCLIP's registry; returns the names it holds."""
     path = Path(path)
-    if path not in oc_factory._MODEL_CONFIG_PATHS:
+    if not integration.model_config_path_registered(path):
         open_clip.add_model_config(path)
     files = [path] if path.is_file() else sorted(path.glob("*.json"))
     return [f.stem for f in files]

@@ -11,12 +11,12 @@ Every ``open_clip_train`` flag is accepted and its own ``main`` runs the loop (t
 - ``--logs-dir DIR``: the same as open_clip_train's ``--logs DIR``, which ``torchrun`` itself cannot take
   (torchrun reads ``--logs`` as an ambiguous prefix of its ``--logs-specs``).
 
-Before anything is trained the model config is built (on the meta device, no memory), the parameter budget
-checked and local data paths verified, so a bad config or a missing path fails at once with a clear message.
-Adaptations to ``open_clip_train`` 3.3.0, all scoped to this process: the model factory it calls gets the
-override, its parsed args carry our flags (so ``params.txt`` records them), on CPU its
-DistributedDataParallel wrapper is given no ``device_ids`` (DDP rejects them for CPU modules), and
-``--imagenet-v2`` is read by :class:`ImageNetV2Folder` when ``imagenetv2_pytorch`` (not on PyPI) is missing.
+Before anything is trained the model is built on the meta device (no memory) and the parameter budget, data,
+logs folder, precision and ``--resume`` file are checked (:mod:`.train_checks`), so a bad command fails at
+once with one clear line (exit code 2) and leaves nothing behind. The run itself is open_clip_train's loop,
+adapted for its duration only through :func:`sparo_clip.integration.open_clip_train_run` (:mod:`.train_run`
+says what changes); a failure during the run (unusable data, a non-finite loss, no readable checkpoint to
+resume) ends it with one clear line and exit code 1.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import logging
 import os
 import pickle
 import sys
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +34,27 @@ import torch
 
 import sparo_clip
 
+from . import integration, train_checks, train_run
+from .checkpoints import CheckpointError
+from .param_count import count_parameters, meta_model
+from .shards import DataError
+from .train_checks import ConfigError
+from .train_run import ImageNetV2Folder, NonFiniteLossError
+
+__all__ = [
+    "ConfigError",
+    "ImageNetV2Folder",
+    "check_data",
+    "count_params",
+    "main",
+    "parse_override",
+    "prepare",
+]
 _logger = logging.getLogger("sparo_clip.train")
 
 
-class ConfigError(ValueError):
-    """A training configuration error found before training starts."""
-
-
 def _our_parser() -> argparse.ArgumentParser:
+    """Our flags (everything else is open_clip_train's); new flags of this project go here."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument(
         "--override-model-config", default=None, help="JSON (or @file.json) deep-merged into the model config"
@@ -84,152 +96,27 @@ def parse_override(value: str | None) -> dict[str, Any] | None:
 
 def count_params(model_name: str, override: dict[str, Any] | None, **model_kwargs: Any) -> int:
     """Build the model on the meta device (validating its config) and count its parameters."""
-    # OpenCLIP logs through the root logger; a placeholder handler keeps that from calling basicConfig()
-    # (open_clip_train installs its own handlers later, and would print every line twice).
-    placeholder = logging.NullHandler()
-    root = logging.getLogger()
-    root.addHandler(placeholder)
+    return count_parameters(meta_model(model_name, override, **model_kwargs))
+
+
+def _world_size() -> int:
     try:
-        with torch.device("meta"):
-            # no tower weights on the meta device (Hugging Face refuses from_pretrained there)
-            model = sparo_clip.create_model(
-                model_name, override_config=override, device="meta", pretrained_text=False, **model_kwargs
-            )
-    finally:
-        root.removeHandler(placeholder)
-    return sum(p.numel() for p in model.parameters())
-
-
-def _local_paths(spec: str) -> list[str]:
-    from braceexpand import braceexpand
-
-    paths = []
-    for part in spec.split("::"):
-        part = part.strip()
-        if not part or "://" in part or part.startswith("pipe:"):
-            continue  # remote or piped sources are checked by the loader
-        paths.extend(braceexpand(part))
-    return paths
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def check_data(args: argparse.Namespace) -> None:
-    """Fail fast on missing local data paths and on webdataset shards without captions."""
-    for flag in ("train_data", "val_data"):
-        spec = getattr(args, flag, None)
-        if not spec:
-            continue
-        paths = _local_paths(spec)
-        missing = [p for p in paths if not os.path.exists(p)]
-        if missing:
-            shown = ", ".join(missing[:3]) + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else "")
-            raise ConfigError(
-                f"--{flag.replace('_', '-')}: {len(missing)} of {len(paths)} path(s) do not exist: {shown}"
-            )
-        if args.dataset_type in ("webdataset", "auto") and paths and paths[0].endswith(".tar"):
-            _check_shard_has_captions(paths, flag)
-    for flag in ("imagenet_val", "imagenet_v2"):
-        path = getattr(args, flag, None)
-        if path and not os.path.isdir(path):
-            raise ConfigError(f"--{flag.replace('_', '-')}: {path} is not a directory")
-
-
-def _check_shard_has_captions(paths: list[str], flag: str) -> None:
-    """open_clip_train's loader waits forever on shards without ``.txt``: check one readable shard."""
-    for path in paths[:4]:
-        try:
-            with tarfile.open(path) as tar:
-                names = [m.name for m in tar.getmembers()[:64]]
-        except (tarfile.TarError, OSError):
-            continue  # a broken shard is skipped (and logged) by the loader
-        if not any(n.endswith(".txt") for n in names):
-            raise ConfigError(
-                f"--{flag.replace('_', '-')}: shard {path} has no '.txt' captions (found e.g. {names[:4]}); "
-                "open_clip_train's webdataset loader needs '<key>.txt' next to each image"
-            )
-        return
-
-
-class ImageNetV2Folder(torch.utils.data.Dataset):
-    """ImageNetV2 in its release layout (sub-folders ``0``..``999`` named by class index).
-
-    open_clip_train reads ``--imagenet-v2`` with ``imagenetv2_pytorch.ImageNetV2Dataset``, a package that is
-    not on PyPI. When it is missing, this reader stands in for it: ``location`` is the folder with the class
-    sub-folders, or its parent holding ``ImageNetV2-matched-frequency/`` (the package's convention).
-    """
-
-    def __init__(
-        self, variant: str = "matched-frequency", transform: Any = None, location: str = "."
-    ) -> None:
-        from .eval.folders import imagenet_variant
-
-        root = Path(location)
-        if (root / f"ImageNetV2-{variant}").is_dir():
-            root = root / f"ImageNetV2-{variant}"
-        data = imagenet_variant("imagenet-v2", root)
-        self.paths, self.targets, self.transform = data.paths, data.labels, transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        from PIL import Image
-
-        with Image.open(self.paths[i]) as img:
-            img = img.convert("RGB")
-        return (self.transform(img) if self.transform else img), self.targets[i]
+    """Fail fast on missing, unreadable or too little local data (:func:`.train_checks.check_data`)."""
+    train_checks.check_data(args, world_size=_world_size())
 
 
 def _provide_imagenet_v2_reader() -> None:
-    """Register :class:`ImageNetV2Folder` as ``imagenetv2_pytorch`` unless the real package is installed."""
-    import importlib.util
-    import types
+    """Register :class:`ImageNetV2Folder` as ``imagenetv2_pytorch`` for the process, unless installed.
 
-    if "imagenetv2_pytorch" in sys.modules or importlib.util.find_spec("imagenetv2_pytorch") is not None:
-        return  # installed, or registered by an earlier call in this process
-    module = types.ModuleType("imagenetv2_pytorch")
-    module.ImageNetV2Dataset = ImageNetV2Folder
-    sys.modules["imagenetv2_pytorch"] = module
-
-
-class _CpuSafeDDP(torch.nn.parallel.DistributedDataParallel):
-    """DDP that drops ``device_ids`` for CPU modules (open_clip_train passes ``device_ids=[device]``)."""
-
-    def __init__(self, module: torch.nn.Module, device_ids: Any = None, **kwargs: Any) -> None:
-        if device_ids and all(torch.device(d).type == "cpu" for d in device_ids):
-            device_ids = None
-        super().__init__(module, device_ids=device_ids, **kwargs)
-
-
-def _adapt_open_clip_train(oc_main: Any, override: dict[str, Any] | None, extra: dict[str, Any]) -> None:
-    """Scope our flags into ``open_clip_train.main`` for this process (see module docstring)."""
-    original_parse = oc_main.parse_args
-    state: dict[str, argparse.Namespace] = {}
-
-    def parse_args(argv: list[str]) -> argparse.Namespace:
-        args = original_parse(argv)
-        vars(args).update(extra)  # recorded in params.txt
-        state["args"] = args
-        return args
-
-    def create_model_and_transforms(model_name: str, *args: Any, **kwargs: Any) -> Any:
-        run_args = state.get("args")
-        if run_args is None or model_name != run_args.model:  # e.g. a distillation teacher
-            return sparo_clip.create_model_and_transforms(model_name, *args, **kwargs)
-        if run_args.rank == 0:  # the run folder exists by now
-            _write_model_config(run_args, override)
-        out = sparo_clip.create_model_and_transforms(model_name, *args, override_config=override, **kwargs)
-        if getattr(run_args, "init_from", None):  # before --resume, which open_clip_train applies later
-            from .transfer import init_from_checkpoint
-
-            report = init_from_checkpoint(out[0], run_args.init_from)
-            _logger.info("--init-from %s:\n%s", run_args.init_from, report.summary())
-        return out
-
-    oc_main.parse_args = parse_args
-    oc_main.create_model_and_transforms = create_model_and_transforms
-    _provide_imagenet_v2_reader()
-    if not torch.cuda.is_available():
-        torch.nn.parallel.DistributedDataParallel = _CpuSafeDDP
+    A training run needs no call: it registers the reader for its own duration only.
+    """
+    integration.install_stand_in_module("imagenetv2_pytorch", ImageNetV2Dataset=ImageNetV2Folder)
 
 
 def _write_model_config(args: argparse.Namespace, override: dict[str, Any] | None) -> None:
@@ -241,6 +128,53 @@ def _write_model_config(args: argparse.Namespace, override: dict[str, Any] | Non
     resolved = sparo_clip.resolve_model_config(args.model, override)
     payload = {"model": args.model, "override_model_config": override, "model_cfg": resolved}
     (run_dir / "model_config.json").write_text(json.dumps(payload, indent=2) + "\n")
+
+
+class _Run:
+    """One run: our flags carried into open_clip_train through the adapters of :mod:`.train_run`."""
+
+    def __init__(self, override: dict[str, Any] | None, extra: dict[str, Any]) -> None:
+        self.override, self.extra, self.state = override, extra, train_run.RunState()
+
+    def parse_args(self, original: Any, argv: list[str]) -> argparse.Namespace:
+        args = original(argv)
+        vars(args).update(self.extra)  # recorded in params.txt
+        self.state.args, self.state.resume_latest = args, args.resume == "latest"
+        return args
+
+    def create_model_and_transforms(self, model_name: str, *args: Any, **kwargs: Any) -> Any:
+        """The model factory open_clip_train.main calls: where the run's model is created."""
+        run_args = self.state.args
+        if run_args is None or model_name != run_args.model:  # e.g. a distillation teacher
+            return sparo_clip.create_model_and_transforms(model_name, *args, **kwargs)
+        if run_args.rank == 0:  # the run folder exists by now
+            _write_model_config(run_args, self.override)
+        out = sparo_clip.create_model_and_transforms(
+            model_name, *args, override_config=self.override, **kwargs
+        )
+        if getattr(run_args, "init_from", None):  # before --resume, which open_clip_train applies later
+            from .transfer import init_from_checkpoint
+
+            report = init_from_checkpoint(out[0], run_args.init_from)
+            _logger.info("--init-from %s:\n%s", run_args.init_from, report.summary())
+        return out
+
+    def adapters(self) -> integration.RunAdapters:
+        import open_clip_train.main as oc_main
+
+        pt_load, latest = train_run.make_checkpoint_readers(self.state, oc_main.get_latest_checkpoint)
+        return integration.RunAdapters(
+            parse_args=self.parse_args,
+            create_model_and_transforms=self.create_model_and_transforms,
+            create_loss=train_run.make_loss(),
+            pt_load=pt_load,
+            get_latest_checkpoint=latest,
+            save=train_run.save,
+            tarfile_to_samples=train_run.make_tarfile_to_samples(self.state),
+            shuffle=train_run.make_shuffle(self.state),
+            imagenet_v2_dataset=ImageNetV2Folder,
+            cpu_safe_ddp=None if torch.cuda.is_available() else train_run.CpuSafeDDP,
+        )
 
 
 def prepare(argv: list[str]) -> tuple[list[str], dict[str, Any] | None, argparse.Namespace]:
@@ -255,7 +189,10 @@ def prepare(argv: list[str]) -> tuple[list[str], dict[str, Any] | None, argparse
     if ours.logs_dir is not None:
         rest = [*rest, "--logs", ours.logs_dir]
     override = parse_override(ours.override_model_config)
-    args = oc_parse_args(rest)
+    args = oc_parse_args(rest)  # a usage error exits here (code 2), as argparse does
+    train_checks.check_numbers(args)
+    train_checks.check_precision(args)
+    train_checks.check_reporting(args)
     model_kwargs: dict[str, Any] = {}
     if args.force_image_size is not None:
         size = args.force_image_size
@@ -264,11 +201,15 @@ def prepare(argv: list[str]) -> tuple[list[str], dict[str, Any] | None, argparse
         )
     if args.force_context_length is not None:
         model_kwargs["force_context_length"] = args.force_context_length
+    where = "--override-model-config" if override else "--model"
     try:
-        n_params = count_params(args.model, override, **model_kwargs)
-    except (ValueError, TypeError, NotImplementedError, RuntimeError) as e:
-        where = "--override-model-config" if override else "--model"
+        train_checks.check_tower_dims(sparo_clip.resolve_model_config(args.model, override), where)
+        model = meta_model(args.model, override, **model_kwargs)
+    except (ValueError, TypeError, NotImplementedError, RuntimeError, AssertionError, KeyError) as e:
+        if isinstance(e, ConfigError):
+            raise
         raise ConfigError(f"{where}: model {args.model!r} cannot be built: {e}") from e
+    n_params = count_parameters(model)
     if ours.max_params is not None and n_params > ours.max_params:
         raise ConfigError(
             f"--max-params: {args.model} has {n_params:,} parameters, more than the budget of {ours.max_params:,}"
@@ -290,9 +231,20 @@ def prepare(argv: list[str]) -> tuple[list[str], dict[str, Any] | None, argparse
             check_init_from(args.model, override, ours.init_from)
         except (ValueError, RuntimeError, pickle.UnpicklingError) as e:  # a file torch.load refuses
             raise ConfigError(f"--init-from: {e}") from e
+    train_checks.check_logs(args)
     check_data(args)
+    train_checks.check_resume(args, model)
     _logger.info("model %s: %s parameters", args.model, f"{n_params:,}")
     return rest, override, args
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of an error, also when a DataLoader worker re-raised it with its traceback."""
+    text = str(e)
+    if "Original Traceback" in text:
+        last = [ln for ln in text.splitlines() if ln.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith("Error") else last
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,8 +267,13 @@ def main(argv: list[str] | None = None) -> int:
         "max_params": ours.max_params,
         "init_from": ours.init_from,
     }
-    _adapt_open_clip_train(oc_main, override, extra)
-    return int(oc_main.main(rest) or 0)
+    run = _Run(override, extra)
+    try:
+        with integration.open_clip_train_run(run.adapters()):
+            return int(oc_main.main(rest) or 0)
+    except (DataError, NonFiniteLossError, CheckpointError) as e:
+        print(f"sparo-clip train: error: {_one_line(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

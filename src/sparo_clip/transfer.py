@@ -162,6 +162,6 @@ def check_init_from(
     Raises:
         FileNotFoundError / ValueError: as :func:`init_from_checkpoint`.
     """
-    from .parity import meta_model
+    from .param_count import meta_model
 
     return init_from_checkpoint(meta_model(model_name, override), checkpoint, check_only=True)

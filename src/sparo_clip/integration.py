@@ -1,0 +1,269 @@
+"""The single seam between sparo_clip and the internals of OpenCLIP, open_clip_train, webdataset and torch.
+
+Everything else in sparo_clip uses public APIs only. Each touch below says why it exists and the version
+it was checked against (open_clip_torch / open_clip_train 3.3.0, torch 2.14.1, webdataset as pinned).
+
+Two kinds of touch:
+
+- :func:`install_factory_hook` (installed on ``import sparo_clip``, for the life of the process): the
+  ``CLIP`` / ``CustomTextCLIP`` names inside ``open_clip.factory`` become dispatching classes, so
+  ``open_clip.create_model`` builds our models from their config keys. They still answer ``isinstance`` and
+  ``issubclass`` as the original classes do.
+- :func:`open_clip_train_run` (one training run): a context manager that adapts ``open_clip_train`` for
+  that run and restores every replaced object on exit, even on error (see :data:`RUN_PATCH_POINTS`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import open_clip
+import open_clip.factory as oc_factory
+import torch
+
+OPEN_CLIP_VERSION = "3.3.0"  # open_clip_torch and open_clip_train versions every touch was checked against
+TORCH_VERSION = "2.14.1"
+_HOOK_ATTR = "_sparo_clip_hook"
+_logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------- factory hook
+
+
+class _DispatchMeta(type):
+    """Metaclass of the dispatching stand-ins: calling one builds a model, ``isinstance`` sees the original."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        builder = cls._select_builder(kwargs)
+        return (builder or cls._sparo_original)(*args, **kwargs)
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return isinstance(obj, cls._sparo_original)
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        return issubclass(sub, cls._sparo_original)
+
+
+def _dispatching_class(original: type, select_builder: Callable[[dict[str, Any]], Any]) -> type:
+    namespace = {
+        "__doc__": f"{original.__name__}, or the sparo_clip builder named by a config key (sparo_clip hook).",
+        "__module__": original.__module__,
+        "_sparo_original": original,
+        "_select_builder": staticmethod(select_builder),
+        _HOOK_ATTR: original,
+    }
+    return _DispatchMeta(original.__name__, (), namespace)
+
+
+def install_factory_hook(select_builder: Callable[[dict[str, Any]], Any]) -> None:
+    """Let ``open_clip.create_model`` build sparo_clip models (idempotent; lasts for the process).
+
+    OpenCLIP 3.3.0's ``create_model`` picks ``CLIP`` or ``CustomTextCLIP`` from ``open_clip.factory``'s
+    namespace and calls it with the whole model config; no public extension point exists. Both names become
+    classes whose call asks ``select_builder(config)`` for a builder (None: the original class builds it).
+    """
+    if open_clip.__version__ != OPEN_CLIP_VERSION:
+        _logger.warning(
+            "sparo_clip's factory hook was checked against open_clip_torch %s, found %s",
+            OPEN_CLIP_VERSION,
+            open_clip.__version__,
+        )
+    for name in ("CLIP", "CustomTextCLIP"):
+        current = getattr(oc_factory, name)
+        if not hasattr(current, _HOOK_ATTR):
+            setattr(oc_factory, name, _dispatching_class(current, select_builder))
+
+
+def hook_installed() -> bool:
+    """Whether :func:`install_factory_hook` is in place."""
+    return all(hasattr(getattr(oc_factory, n), _HOOK_ATTR) for n in ("CLIP", "CustomTextCLIP"))
+
+
+def model_config_path_registered(path: Any) -> bool:
+    """Whether ``open_clip.add_model_config(path)`` was called (3.3.0 has no public way to ask; re-adding rescans)."""
+    return path in oc_factory._MODEL_CONFIG_PATHS
+
+
+# ------------------------------------------------------------------------------------ per-run adaptations
+
+
+class ModuleView(types.ModuleType):
+    """A module as one caller sees it: ``overrides`` first, everything else from ``module``.
+
+    Used so that a replacement reaches only open_clip_train's code and never the process-wide module
+    (e.g. its ``torch.save`` becomes atomic, while every other caller's ``torch.save`` is untouched).
+    """
+
+    def __init__(self, module: types.ModuleType, overrides: dict[str, Any]) -> None:
+        super().__init__(module.__name__, module.__doc__)
+        self.__dict__.update(overrides)
+        self._sparo_module = module
+
+    def __getattr__(self, name: str) -> Any:  # only called for names not in overrides
+        return getattr(self._sparo_module, name)
+
+
+@dataclass
+class RunAdapters:
+    """What one open_clip_train run is given in place of its own functions (built by sparo_clip.train).
+
+    Attributes:
+        parse_args: replaces ``open_clip_train.main.parse_args`` (gets the original as first argument).
+        create_model_and_transforms: replaces the model factory ``open_clip_train.main`` calls.
+        create_loss: replaces ``open_clip_train.main.create_loss`` (gets the original as first argument).
+        pt_load: replaces ``open_clip_train.main.pt_load`` (its only checkpoint reader: ``--resume``).
+        get_latest_checkpoint: replaces ``open_clip_train.main.get_latest_checkpoint`` (``--resume latest``).
+        save: what ``torch.save`` means inside ``open_clip_train.main`` (every checkpoint it writes).
+        tarfile_to_samples: replaces ``open_clip_train.data.tarfile_to_samples_nothrow`` (training shards).
+        shuffle: what ``wds.shuffle`` means inside ``open_clip_train.data`` (the training sample shuffle).
+        imagenet_v2_dataset: stands in for ``imagenetv2_pytorch.ImageNetV2Dataset`` when it is not installed.
+        cpu_safe_ddp: what ``torch.nn.parallel.DistributedDataParallel`` means inside ``open_clip_train.main``
+            when no GPU is present.
+    """
+
+    parse_args: Callable[..., Any]
+    create_model_and_transforms: Callable[..., Any]
+    create_loss: Callable[..., Any]
+    pt_load: Callable[..., Any]
+    get_latest_checkpoint: Callable[..., Any]
+    save: Callable[..., Any]
+    tarfile_to_samples: Callable[..., Any]
+    shuffle: Callable[..., Any]
+    imagenet_v2_dataset: type
+    cpu_safe_ddp: type | None = None
+
+
+# (module, attribute) pairs open_clip_train_run replaces; every one is restored when the run ends. Why each:
+RUN_PATCH_POINTS: tuple[tuple[str, str], ...] = (
+    # our flags recorded in the parsed args (params.txt) and the args captured for the other adapters
+    ("open_clip_train.main", "parse_args"),
+    # the model factory: the --override-model-config dict reaches the SPARO builder
+    ("open_clip_train.main", "create_model_and_transforms"),
+    # the loss: stop with a clear error on a non-finite loss (3.3.0's loop never checks)
+    ("open_clip_train.main", "create_loss"),
+    # checkpoint reads: weights_only=True always; unreadable --resume latest files skipped
+    ("open_clip_train.main", "pt_load"),
+    ("open_clip_train.main", "get_latest_checkpoint"),
+    # torch as open_clip_train.main sees it: atomic torch.save; CPU-safe DDP (3.3.0 passes device_ids=[cpu],
+    # which torch 2.14.1's DDP rejects for CPU modules)
+    ("open_clip_train.main", "torch"),
+    # training shard reader: per-shard accounting (corrupt tails, blank captions, batch-less passes)
+    ("open_clip_train.data", "tarfile_to_samples_nothrow"),
+    # webdataset as open_clip_train.data sees it: a sample shuffle seeded from --seed (3.3.0 seeds from pid+time)
+    ("open_clip_train.data", "wds"),
+)
+
+
+def _original_pairs() -> list[tuple[types.ModuleType, str, Any]]:
+    import importlib
+
+    pairs = []
+    for module_name, attr in RUN_PATCH_POINTS:
+        module = importlib.import_module(module_name)
+        pairs.append((module, attr, getattr(module, attr)))
+    return pairs
+
+
+@contextlib.contextmanager
+def _restored_logging() -> Iterator[None]:
+    """open_clip_train's setup_logging adds root handlers and sets every logger's level: undo both."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    levels = {
+        name: lg.level
+        for name, lg in logging.root.manager.loggerDict.items()
+        if isinstance(lg, logging.Logger)
+    }
+    try:
+        yield
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.setLevel(level)
+        for name, lg in logging.root.manager.loggerDict.items():
+            if isinstance(lg, logging.Logger):
+                lg.setLevel(levels.get(name, logging.NOTSET))
+
+
+def install_stand_in_module(name: str, **attrs: Any) -> types.ModuleType | None:
+    """Put a stand-in module into ``sys.modules`` unless the real one is importable (or one is there already).
+
+    open_clip_train 3.3.0 imports ``imagenetv2_pytorch`` (not on PyPI) for ``--imagenet-v2``.
+
+    Returns:
+        the module registered, or None when nothing was registered.
+    """
+    import importlib.util
+
+    if name in sys.modules or importlib.util.find_spec(name) is not None:
+        return None
+    module = types.ModuleType(name)
+    module.__dict__.update(attrs)
+    sys.modules[name] = module
+    return module
+
+
+@contextlib.contextmanager
+def _stand_in_module(name: str, **attrs: Any) -> Iterator[None]:
+    """:func:`install_stand_in_module` for the scope only."""
+    module = install_stand_in_module(name, **attrs)
+    try:
+        yield
+    finally:
+        if module is not None and sys.modules.get(name) is module:
+            del sys.modules[name]
+
+
+@contextlib.contextmanager
+def open_clip_train_run(adapters: RunAdapters) -> Iterator[None]:
+    """Adapt open_clip_train (3.3.0) for one run; every replaced object is the original again on exit.
+
+    Args:
+        adapters: the replacements (see :class:`RunAdapters` and :data:`RUN_PATCH_POINTS`).
+    """
+    import open_clip_train.data as oc_data
+    import open_clip_train.main as oc_main
+    import webdataset
+
+    originals = _original_pairs()
+    original_parse, original_loss = oc_main.parse_args, oc_main.create_loss
+    torch_overrides: dict[str, Any] = {"save": adapters.save}
+    if adapters.cpu_safe_ddp is not None:
+        parallel = ModuleView(torch.nn.parallel, {"DistributedDataParallel": adapters.cpu_safe_ddp})
+        torch_overrides["nn"] = ModuleView(torch.nn, {"parallel": parallel})
+    replacements = {
+        (oc_main, "parse_args"): lambda argv: adapters.parse_args(original_parse, argv),
+        (oc_main, "create_model_and_transforms"): adapters.create_model_and_transforms,
+        (oc_main, "create_loss"): lambda args: adapters.create_loss(original_loss, args),
+        (oc_main, "pt_load"): adapters.pt_load,
+        (oc_main, "get_latest_checkpoint"): adapters.get_latest_checkpoint,
+        (oc_main, "torch"): ModuleView(torch, torch_overrides),
+        (oc_data, "tarfile_to_samples_nothrow"): adapters.tarfile_to_samples,
+        (oc_data, "wds"): ModuleView(webdataset, {"shuffle": adapters.shuffle}),
+    }
+    assert {(m.__name__, a) for m, a in replacements} == set(RUN_PATCH_POINTS)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_restored_logging())
+        stack.enter_context(
+            _stand_in_module("imagenetv2_pytorch", ImageNetV2Dataset=adapters.imagenet_v2_dataset)
+        )
+        try:
+            for (module, attr), value in replacements.items():
+                setattr(module, attr, value)
+            yield
+        finally:
+            for module, attr, value in originals:
+                setattr(module, attr, value)
+
+
+def run_patch_targets() -> dict[tuple[str, str], Any]:
+    """The objects at every :data:`RUN_PATCH_POINTS` entry now (a test compares them before and after a run)."""
+    return {(m.__name__, a): v for m, a, v in _original_pairs()}
