@@ -46,7 +46,15 @@ def test_crafted_pickle_does_not_run(tmp_path):
 
 @pytest.mark.parametrize(
     "content, match",
-    [(b"", "empty"), (b"not a checkpoint\n", "not a readable PyTorch checkpoint"), (None, "does not exist")],
+    [
+        (b"", "empty"),
+        (b"not a checkpoint\n", "not a readable PyTorch checkpoint"),
+        (
+            b"this is a text file\n",
+            "not a readable PyTorch checkpoint",
+        ),  # IndexError inside torch's unpickler
+        (None, "does not exist"),
+    ],
 )
 def test_bad_files_give_one_clear_error(tmp_path, content, match):
     path = tmp_path / "bad.pt"

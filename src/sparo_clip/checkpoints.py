@@ -73,7 +73,17 @@ def load_checkpoint_file(path: str | os.PathLike[str], map_location: Any = "cpu"
             f"checkpoint {path} ({size:,} bytes) is not a readable PyTorch checkpoint (truncated or another "
             f"format): {_first_line(e)}"
         ) from e
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as e:
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        AttributeError,
+        IndexError,
+        TypeError,
+        MemoryError,
+    ) as e:
         first = _first_line(e)
         raise CheckpointError(
             f"checkpoint {path} ({size:,} bytes) is not a readable PyTorch checkpoint (truncated or another "
