@@ -15,11 +15,11 @@ import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WDS = tuple(10.0**e for e in range(-6, 1))  # 1e-6 .. 1
+DEFAULT_WDS = tuple(10.0**e for e in range(-5, 1))  # 1e-5 .. 1
 
 
 def fit_linear(
-    x: torch.Tensor, y: torch.Tensor, num_classes: int, wd: float, max_iter: int = 200
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, wd: float, max_iter: int = 100
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimise mean cross-entropy + wd/2 ||W||^2 with L-BFGS; returns (W (C, F), b (C,))."""
     x = x.float()
@@ -45,7 +45,7 @@ def linear_probe(
     num_classes: int,
     wds: tuple[float, ...] = DEFAULT_WDS,
     seed: int = 0,
-    max_iter: int = 200,
+    max_iter: int = 100,
 ) -> tuple[torch.Tensor, dict[str, object]]:
     """Test scores (M, C) of the probe, and how its weight decay was chosen.
 

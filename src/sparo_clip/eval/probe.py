@@ -44,7 +44,7 @@ def add_probe_commands(sub: argparse._SubParsersAction, parent: argparse.Argumen
     )
     add_probe_args(lin)
     lin.add_argument("--wd", default=",".join(f"{w:g}" for w in DEFAULT_WDS), help="weight decay grid")
-    lin.add_argument("--max-iter", type=int, default=200, help="L-BFGS iterations per fit")
+    lin.add_argument("--max-iter", type=int, default=100, help="L-BFGS iterations per fit")
     lin.add_argument("--seed", type=int, default=0, help="seed of the weight-decay selection split")
 
 
