@@ -78,3 +78,15 @@ def test_missing_lightly_is_one_line_with_the_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "lightly.loss", None)
     with pytest.raises(ImportError, match=r"pip install sparo-clip\[dino\]"):
         require_lightly()
+
+
+def test_dino_subcommand_prints_parity_and_rejects_unknown_configs(capsys):
+    import json
+
+    from sparo_clip import cli
+
+    assert cli.main(["dino", "parity", "tiny_sparo_dino"]) == 0
+    assert json.loads(capsys.readouterr().out)["at_parity"] is True
+    assert cli.main(["dino", "parity", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "registered" in err[0]

@@ -1,8 +1,10 @@
 """Linear probe on frozen features: multinomial logistic regression, L-BFGS, weight decay chosen on a split.
 
 The protocol (CLIP's linear-probe protocol, on frozen features rather than DINO's 100 augmented epochs,
-see docs/dino.md): a linear layer with bias, softmax cross-entropy plus ``wd * ||W||^2 / 2``, fitted
-full-batch with L-BFGS. ``wd`` is picked from a log grid by accuracy on a seeded 20% split of the training
+see docs/dino.md): features standardised with the training features' mean and standard deviation (MAE's
+probe does the same with a BatchNorm without affine parameters; the classifier stays linear in the raw
+features, only its conditioning changes), then a linear layer with bias, softmax cross-entropy plus
+``wd * ||W||^2 / 2``, fitted full-batch with L-BFGS. ``wd`` is picked from a log grid by accuracy on a seeded 20% split of the training
 features, then the classifier is refit on all training features with it.
 """
 
@@ -15,7 +17,7 @@ import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WDS = tuple(10.0**e for e in range(-5, 1))  # 1e-5 .. 1
+DEFAULT_WDS = tuple(10.0**e for e in range(-6, 1))  # 1e-6 .. 1
 
 
 def fit_linear(
@@ -51,6 +53,8 @@ def linear_probe(
 
     With one value in ``wds`` it is used directly; otherwise each is scored on a held-out 20% of ``train``.
     """
+    mean, std = train.float().mean(0), train.float().std(0).clamp_min(1e-6)
+    train, test = (train.float() - mean) / std, (test.float() - mean) / std
     search: dict[str, float] = {}
     if len(wds) == 1:
         best = wds[0]
