@@ -169,3 +169,18 @@ def test_recipe_scripts_dry_run(tmp_path):
             [str(ROOT / "scripts" / script)], env=env, capture_output=True, text=True, timeout=60
         )
         assert r.returncode == 2 and "IMAGENET_TRAIN" in r.stderr
+
+
+def test_webdataset_shards_without_images_fail_before_training(tmp_path, capsys):
+    from .eval_helpers import write_tar
+
+    write_tar(tmp_path / "s-0.tar", [("k0", {"txt": b"a caption only"})])
+    args = ["--model", "tiny_dino", "--output", str(tmp_path / "run")]
+    rc = dino_train.main([*args, "--train-data", str(tmp_path / "s-{0..0}.tar"), "--train-num-samples", "8"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "holds no images" in err[0]
+    rc = dino_train.main([*args, "--train-data", str(tmp_path / "s-{0..3}.tar"), "--train-num-samples", "8"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "3 of 4 shard(s) missing" in err[0]
+    rc = dino_train.main([*args, "--train-data", str(tmp_path / "s-{0..0}.tar")])
+    assert rc == 2 and "--train-num-samples is required" in capsys.readouterr().err

@@ -158,7 +158,7 @@ def run(budget: Budget, out: Path, world: WorldCfg) -> dict[str, Any]:
         for c in (probes["seen"][:2] + probes["held_out"][:2])
     ]
     picture = slot_attention_png(load_encoder(checkpoints["SPARO-DINO"]), picks, out / "slot_attention.png",
-                                 [p.parent.name.replace("_", " ") for p in picks])  # fmt: skip
+                                 [p.parent.name.replace("_", " ") + (" (held-out)" if p.parent.name in probes["held_out"] else "") for p in picks])  # fmt: skip
     return {
         "budget": asdict(budget),
         "world": world.to_dict(),
