@@ -5,8 +5,8 @@ every step's global batch is a slice of a per-epoch permutation seeded by (seed,
 the processes, and every sample's augmentation is seeded by (seed, epoch, index). The data a step sees is
 therefore the same for any number of processes and after a resume. Webdataset shards (the shapes world's
 ``train-{000000..000015}.tar`` or ImageNet shards with ``.jpg``/``.png``) are read as an endless resampled
-stream (no hang with fewer shards than workers x processes); a resume re-seeds the stream instead of
-replaying it.
+stream (no hang with fewer shards than workers x processes), seeded by (seed, process, worker, first step):
+the same run gives the same stream; a resume starts a new seeded stream instead of replaying the old one.
 """
 
 from __future__ import annotations
@@ -145,7 +145,12 @@ class MultiCropShards(IterableDataset):
         worker = 0 if info is None else info.id
         stream_seed = _seed(self.seed, "stream", self.rank, worker, self.start)
         rng = random.Random(stream_seed)
-        pipeline = wds.WebDataset(self.urls, resampled=True, shardshuffle=True, nodesplitter=None)
-        pipeline = pipeline.shuffle(1000, rng=rng).decode("pil").to_tuple(";".join(IMAGE_KEYS))
+        pipeline = wds.DataPipeline(
+            wds.ResampledShards(self.urls, worker_seed=lambda: stream_seed, deterministic=True),
+            wds.tarfile_to_samples(),
+            wds.shuffle(1000, rng=rng),
+            wds.decode("pil"),
+            wds.to_tuple(";".join(IMAGE_KEYS)),
+        )
         for count, (img,) in enumerate(pipeline):
             yield seeded_call(self.transform, img.convert("RGB"), _seed(stream_seed, count))
