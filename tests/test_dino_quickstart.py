@@ -36,3 +36,17 @@ def test_dino_benchmark_quick_writes_ratios_into_its_block(tmp_path):
     text = doc.read_text()
     assert "old" not in text and f"{row['time_ratio']:.3f}" in text
     assert json.loads((tmp_path / "b.json").read_text())["dino"][0]["pair"] == "tiny"
+
+
+def test_benchmark_runner_dino_section_and_target(tmp_path):
+    from benchmarks import run as bench_run
+    from benchmarks.report import BEGIN, END
+
+    doc = tmp_path / "performance.md"
+    doc.write_text(f"{BEGIN}\nold\n{END}\n\n{dino_bench.BEGIN}\nold dino\n{dino_bench.END}\n")
+    argv = ["--quick", "--device", "cpu", "--no-readout", "--dino", "--json", str(tmp_path / "b.json")]
+    result = bench_run.main([*argv, "--write-docs", str(doc)])
+    (row,) = result["dino"]
+    assert any(t["target"].startswith("DINO train step SPARO/CLS") for t in result["targets"])
+    text = doc.read_text()
+    assert "old dino" not in text and f"{row['flop_ratio']:.3f}" in text
