@@ -27,6 +27,8 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     for r in result.get("inference", []):
         if r["pair"] == "ViT-B-32":
             add(f"encode_{r['encoder']} SPARO/CLIP, ViT-B-32, batch {r['batch']}", r["ratio"], 1.05)
+    for r in result.get("dino", []):
+        add(f"DINO train step SPARO/CLS, {r['pair']}, batch {r['batch']}", r["time_ratio"], 1.00)
     ro = result.get("readout")
     if ro and ro["shape"] == asdict(ReadoutShape()):  # the targets hold at the shape
         add("read-out / its key projection alone (fwd+bwd)", ro["readout_over_projection"], 1.10)

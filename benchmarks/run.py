@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from . import dino_bench
 from .common import Env, machine_info, matmul_peak
 from .models_bench import Pair, bench_pair
 from .readout_bench import ReadoutShape, bench_readout
@@ -44,6 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="untimed rounds before timing")
     p.add_argument("--readout-reps", type=int, default=10, help="timed repetitions of the read-out forms")
     p.add_argument("--no-readout", action="store_true", help="skip the read-out section")
+    p.add_argument(
+        "--dino", action="store_true", help="also SPARO-DINO vs CLS-DINO (benchmarks/dino_bench.py)"
+    )
     p.add_argument("--device", default="auto", help="auto (cuda when present, default), cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--json", type=Path, default=ROOT / "runs" / "benchmark.json", help="where to write")
@@ -106,6 +110,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         shape = QUICK_READOUT if args.quick else ReadoutShape()
         reps = 2 if args.quick else args.readout_reps
         result["readout"] = bench_readout(env, shape, warmup=1 if args.quick else 2, reps=reps)
+    if args.dino:
+        result["dino"] = dino_bench.bench_dino(
+            [dino_bench.QUICK] if args.quick else list(dino_bench.PAIRS.values()), env
+        )
     peaks.append(matmul_peak(env, sizes, reps=3 if args.quick else 5))  # at the start and at the end
     result["matmul_peak"] = peak = max(peaks, key=lambda p: p["flops_per_s"])
     for row in result["train"]:  # section 4: achieved FLOP/s of a training step / matmul peak
@@ -127,6 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.write_docs:
         write_docs(result, args.write_docs)
         print(f"filled the result block of {args.write_docs}")
+        if "dino" in result:
+            dino_bench.write_docs(result, args.write_docs)
     return result
 
 

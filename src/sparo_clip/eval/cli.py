@@ -1,4 +1,4 @@
-"""``sparo-clip eval zeroshot | retrieval | sugarcrepe``: evaluate any OpenCLIP model, JSON results."""
+"""``sparo-clip eval zeroshot | retrieval | sugarcrepe | knn | linear``: evaluate any OpenCLIP model, JSON results."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from .common import (
     slot_mask,
     write_results,
 )
+from .probe import HELP as PROBE_HELP
+from .probe import add_probe_commands, run_probe
 from .tasks import HELP, TASKS
 
 
@@ -26,16 +28,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparo-clip eval", description="Evaluate a SPARO or any OpenCLIP model; results as JSON."
     )
-    sub = parser.add_subparsers(dest="task", required=True, metavar="{" + ",".join(TASKS) + "}")
+    sub = parser.add_subparsers(
+        dest="task", required=True, metavar="{" + ",".join([*TASKS, *PROBE_HELP]) + "}"
+    )
     parent = common_parser(with_slots=True)
     for name, module in TASKS.items():
         task_parser = sub.add_parser(name, parents=[parent], help=HELP[name], description=HELP[name])
         module.add_data_args(task_parser)
+    add_probe_commands(sub, parent)
     return parser
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Check the data, load the model, encode, and score with the selected slots."""
+    if args.task in PROBE_HELP:
+        return run_probe(args)
     module = TASKS[args.task]
     check_common_args(args)  # options and --output before the data is scanned
     data = module.prepare(args)  # layout errors before the model is loaded

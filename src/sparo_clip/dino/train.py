@@ -1,0 +1,273 @@
+"""DINO / SPARO-DINO training: ``python -m sparo_clip.dino.train`` (or ``torchrun ... -m sparo_clip.dino.train``).
+
+Our own loop on torch's DistributedDataParallel (the launch OpenCLIP's training uses, see docs/dino.md):
+multi-crop views (lightly's ``DINOTransform``), a student and an EMA teacher (``update_momentum``), lightly's
+``DINOLoss`` and ``DINOProjectionHead``; DINO's reference schedules (lr warm-up + cosine, weight decay
+0.04 -> 0.4, teacher momentum 0.996 -> 1, teacher temperature warm-up, last layer frozen for the first
+epoch), gradient clipping, bf16 autocast, atomic checkpoints, resume from the newest readable one,
+tqdm progress and JSON-lines logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..checkpoints import atomic_save, newest_readable
+from .config import DinoCfg
+from .data import DataError, MultiCropFolder, MultiCropShards, StepSampler, check_shards, folder_images
+from .lightly_api import require_lightly
+from .model import DinoNet
+from .options import build_parser, check_args, run_config
+
+logger = logging.getLogger("sparo_clip.dino.train")
+
+
+def checkpoint_paths(output: str | Path) -> list[Path]:
+    """The run's step checkpoints, newest first."""
+    return sorted((Path(output) / "checkpoints").glob("step_*.pt"), reverse=True)
+
+
+def latest_checkpoint(output: str | Path) -> Path | None:
+    """The newest readable checkpoint of a run folder, or None."""
+    path, _, _ = newest_readable(checkpoint_paths(output))
+    return path
+
+
+class Schedules:
+    """DINO's per-step schedules (lr, weight decay, teacher momentum) and per-epoch teacher temperature."""
+
+    def __init__(self, args: Any, steps_per_epoch: int) -> None:
+        self.lightly = require_lightly()
+        self.args, self.spe = args, steps_per_epoch
+        self.total = args.epochs * steps_per_epoch
+        self.warmup = min(int(args.warmup_epochs * steps_per_epoch), self.total - 1)
+        self.peak = args.lr * args.global_batch / 256
+
+    def lr(self, step: int) -> float:
+        if step < self.warmup:
+            return self.peak * step / self.warmup
+        return self.lightly.cosine_schedule(
+            step - self.warmup, self.total - self.warmup, self.peak, self.args.min_lr
+        )
+
+    def wd(self, step: int) -> float:
+        return self.lightly.cosine_schedule(step, self.total, self.args.wd, self.args.wd_end)
+
+    def momentum(self, step: int) -> float:
+        return self.lightly.cosine_schedule(step, self.total, self.args.momentum_teacher, 1.0)
+
+    def teacher_temp(self, epoch: int) -> float:
+        a, n = self.args, self.args.warmup_teacher_temp_epochs
+        if epoch >= n:
+            return a.teacher_temp
+        return a.warmup_teacher_temp + (a.teacher_temp - a.warmup_teacher_temp) * epoch / max(1, n - 1)
+
+
+def param_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
+    """Weights decay; biases, norms and 1-d parameters (queries of a head are 2-d and decay) do not."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _dist_setup() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    return world, rank, local
+
+
+def _loader(args: Any, cfg: DinoCfg, rank: int, start_step: int, total: int) -> tuple[Any, int]:
+    lightly = require_lightly()
+    transform = lightly.DINOTransform(
+        global_crop_size=cfg.global_crop_size,
+        global_crop_scale=args.global_crop_range,
+        local_crop_size=cfg.local_crop_size,
+        local_crop_scale=args.local_crop_range,
+        n_local_views=args.local_crops,
+    )
+    if args.dataset_type == "folder":
+        paths = folder_images(args.train_data)
+        if len(paths) < args.global_batch:
+            raise DataError(
+                f"--train-data has {len(paths)} images, fewer than one global batch ({args.global_batch})"
+            )
+        sampler = StepSampler(len(paths), args.global_batch, rank, args.world, args.seed, start_step, total)
+        dataset, spe = MultiCropFolder(paths, transform, args.seed), len(paths) // args.global_batch
+        kw: dict[str, Any] = {"sampler": sampler}
+    else:
+        dataset = MultiCropShards(check_shards(args.train_data), transform, args.seed, rank, start_step)
+        spe, kw = max(1, args.train_num_samples // args.global_batch), {}
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, num_workers=args.workers, drop_last=True,
+        persistent_workers=False, pin_memory=args.device.startswith("cuda"), **kw,
+    )  # fmt: skip
+    return loader, spe
+
+
+def steps_per_epoch(args: Any) -> int:
+    if args.dataset_type == "folder":
+        return len(folder_images(args.train_data)) // args.global_batch
+    return max(1, args.train_num_samples // args.global_batch)
+
+
+def train(args: Any, cfg: DinoCfg) -> dict[str, Any]:
+    """Run (or resume) the training described by checked ``args``; returns a summary."""
+    lightly = require_lightly()
+    world, rank, local = args.world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}" if args.device == "cuda" else args.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    out = Path(args.output)
+    spe = steps_per_epoch(args)
+    if spe < 1:
+        raise DataError(f"--train-data is smaller than one global batch ({args.global_batch})")
+    sched = Schedules(args, spe)
+    total = sched.total if args.max_steps is None else min(sched.total, args.max_steps)
+
+    torch.manual_seed(args.seed)
+    student = DinoNet(cfg, freeze_last_layer=args.freeze_last_layer).to(device)
+    teacher = DinoNet(cfg).to(device)
+    teacher.load_state_dict(student.state_dict())
+    lightly.deactivate_requires_grad(teacher)
+    teacher.eval()
+    criterion = lightly.DINOLoss(
+        output_dim=cfg.head.output_dim, warmup_teacher_temp=args.warmup_teacher_temp, teacher_temp=args.teacher_temp,
+        warmup_teacher_temp_epochs=max(1, args.warmup_teacher_temp_epochs), student_temp=args.student_temp,
+        center_momentum=args.center_momentum,
+    ).to(device)  # fmt: skip
+    optimizer = torch.optim.AdamW(param_groups(student), lr=0.0)
+    meta = run_config(args, cfg)
+
+    start = 0
+    if args.resume != "none":
+        candidates = checkpoint_paths(out) if args.resume == "auto" else [Path(args.resume)]
+        path, ckpt, skipped = newest_readable(candidates, map_location="cpu")
+        for p, why in skipped:
+            logger.warning("skipping checkpoint %s: %s", p, why)
+        if ckpt is not None:
+            if ckpt.get("dino_cfg") != meta["dino_cfg"]:
+                raise ValueError(
+                    f"--resume: {path} was trained with another model config; use another --output"
+                )
+            student.load_state_dict(ckpt["student"])
+            teacher.load_state_dict(ckpt["teacher"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            criterion.center.copy_(ckpt["center"])
+            start = int(ckpt["step"])
+            logger.info("resumed from %s at step %d", path, start)
+        elif args.resume != "auto":
+            raise ValueError(f"--resume {args.resume}: not readable ({skipped[0][1] if skipped else '?'})")
+    model = DistributedDataParallel(student) if world > 1 else student
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    loader, _ = _loader(args, cfg, rank, start, total)
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if args.precision == "amp_bf16"
+        else contextlib.nullcontext()
+    )
+    log = (out / "log.jsonl").open("a") if rank == 0 else None
+    bar = tqdm(total=total, initial=start, desc="dino", unit="step", disable=rank != 0)
+    step, last_loss, t0 = start, float("nan"), time.perf_counter()
+    data_iter = iter(loader)
+    while step < total:
+        views = [v.to(device, non_blocking=True) for v in next(data_iter)]
+        epoch = step // spe
+        lr, wd, m, tt = sched.lr(step), sched.wd(step), sched.momentum(step), sched.teacher_temp(epoch)
+        for i, group in enumerate(optimizer.param_groups):
+            group["lr"] = lr
+            if i == 0:
+                group["weight_decay"] = wd
+        with autocast:
+            with torch.no_grad():
+                t_out = teacher(views[:2])
+            s_out = model(views)
+        loss = criterion([t.float() for t in t_out], [s.float() for s in s_out], teacher_temp=tt)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at step {step}: stopping (lower --lr or use fp32)"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), args.clip_grad or float("inf"))
+        student.head.cancel_last_layer_gradients(epoch)
+        optimizer.step()
+        with torch.no_grad():
+            lightly.update_momentum(student, teacher, m)
+        reduced = loss.detach().clone()
+        if world > 1:
+            dist.all_reduce(reduced)
+            reduced /= world
+        step, last_loss = step + 1, reduced.item()
+        bar.update()
+        bar.set_postfix(loss=f"{last_loss:.4f}")
+        if log is not None and (step % args.log_every == 0 or step == total):
+            row = {"step": step, "epoch": epoch, "loss": last_loss, "lr": lr, "wd": wd, "momentum": m,
+                   "teacher_temp": tt, "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0}  # fmt: skip
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+        if rank == 0 and (step % args.save_every == 0 or step == total):
+            ckpt = {**meta, "step": step, "student": student.state_dict(), "teacher": teacher.state_dict(),
+                    "optimizer": optimizer.state_dict(), "center": criterion.center.detach().cpu()}  # fmt: skip
+            atomic_save(ckpt, out / "checkpoints" / f"step_{step:08d}.pt")
+            for old in checkpoint_paths(out)[args.keep :]:
+                old.unlink(missing_ok=True)
+    bar.close()
+    if log is not None:
+        log.close()
+    if world > 1:
+        dist.barrier()
+    return {"steps": step, "loss": last_loss, "output": str(out)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    world, rank, _ = _dist_setup()
+    try:
+        cfg = check_args(args, world)
+        if args.dataset_type == "webdataset":
+            check_shards(args.train_data)
+        else:
+            steps = steps_per_epoch(args)
+            if steps < 1:
+                raise DataError(f"--train-data is smaller than one global batch ({args.global_batch})")
+    except (ValueError, ImportError) as e:
+        print(f"sparo-dino train: error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(json.dumps(run_config(args, cfg), indent=2))
+        return 0
+    if world > 1:
+        backend = "nccl" if args.device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(minutes=30))
+    try:
+        summary = train(args, cfg)
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    if rank == 0:
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
