@@ -6,8 +6,13 @@ Under one output folder (see docs/data.md)::
     train/train-{000000..0000NN}.tar   webdataset shards (<key>.png, <key>.txt, <key>.json scene) + sizes.json
     val/val-{000000..0000NN}.tar       the same for validation/retrieval + sizes.json
     val/retrieval.csv, val/images/     the validation pairs as a CSV (filepath<TAB>title, OpenCLIP's defaults)
-    zeroshot/{seen,unseen,all}/        ImageFolder (<colour>_<shape>/*.png), classnames.txt, templates.txt
-    sugarcrepe/<task>.json, images/    swap_att, swap_obj, replace_att, replace_obj, add_obj
+    test/retrieval.csv, test/images/   test pairs, half seen-only scenes and half with a held-out pair
+                                       (filepath<TAB>title<TAB>group, group = seen | novel)
+    zeroshot/{seen,unseen,all}/        ImageFolder (<colour>_<shape>/*.png), classnames.txt, templates.txt;
+                                       all/ also has classes.tsv (``sparo-clip eval compositional``'s layout)
+    sugarcrepe/<task>.json, images/    swap_att, swap_obj, replace_att, replace_obj, add_obj (test items,
+                                       each with group seen | novel, half of each)
+    sugarcrepe_val/<task>.json, images/  the same tasks drawn apart, for choosing slots (validation)
     clip_benchmark/shapes_{all,seen,unseen}/   classnames.txt, zeroshot_classification_templates.txt,
                                        test/nshards.txt, test/0.tar (png + cls)
     clip_benchmark/shapes_retrieval/   dataset_type.txt ("retrieval"), test/nshards.txt, test/0.tar (png + txt)
@@ -38,9 +43,10 @@ from .captions import TASKS, ZEROSHOT_TEMPLATES, caption, task_pair
 from .render import png_bytes, render_scene
 from .world import PALETTE, SHAPES, WorldCfg, composition_name, sample_scene
 
-GENERATOR_VERSION = 2  # bump whenever the same settings would give other files
+GENERATOR_VERSION = 3  # bump whenever the same settings would give other files
 MANIFEST = "dataset.json"
-_OWNED = ("train", "val", "zeroshot", "sugarcrepe", "clip_benchmark")
+_OWNED = ("train", "val", "test", "zeroshot", "sugarcrepe", "sugarcrepe_val", "clip_benchmark")
+GROUPS = ("seen", "novel")  # scenes of training pairs only / scenes with a held-out pair
 _logger = logging.getLogger("sparo_clip.data.shapes")
 
 
@@ -53,14 +59,29 @@ class SizeCfg:
     shards: int = 16
     zeroshot_per_class: int = 20
     sugarcrepe_per_task: int = 200
+    test: int = 400
+    sugarcrepe_val_per_task: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("train", "val", "shards", "zeroshot_per_class", "sugarcrepe_per_task"):
+        for name in (
+            "train",
+            "val",
+            "shards",
+            "zeroshot_per_class",
+            "sugarcrepe_per_task",
+            "test",
+            "sugarcrepe_val_per_task",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} is not valid: expected a positive integer")
         if self.train < self.shards:
             raise ValueError(f"train={self.train} must be at least shards={self.shards} (one sample a shard)")
+        for name in ("test", "sugarcrepe_per_task", "sugarcrepe_val_per_task"):
+            if getattr(self, name) < 2:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} must be at least 2: half seen, half novel scenes"
+                )
 
 
 def _rng(seed: int, split: str, index: int) -> random.Random:
@@ -96,12 +117,19 @@ def _write_shards(
     return str(folder / f"{prefix}-{{000000..{shards - 1:06d}}}.tar"), sizes
 
 
+def _group_mode(i: int) -> tuple[str, str]:
+    """(group, scene mode) of item ``i`` of a set split by novelty: even items seen, odd items novel."""
+    return ("seen", "seen") if i % 2 == 0 else ("novel", "unseen")
+
+
 def _caption_samples(
     world: WorldCfg, split: str, count: int, mode: str, bar: tqdm
 ) -> Iterator[tuple[str, dict]]:
+    """Captioned scenes; ``mode`` "split" alternates seen-only and novel scenes (see ``_group_mode``)."""
     for i in range(count):
         rng = _rng(world.seed, split, i)
-        scene = sample_scene(rng, world, rng.randint(world.min_objects, world.max_objects), mode)
+        scene_mode = _group_mode(i)[1] if mode == "split" else mode
+        scene = sample_scene(rng, world, rng.randint(world.min_objects, world.max_objects), scene_mode)
         png = png_bytes(render_scene(scene, world))
         bar.update()
         text = caption(scene, rng).encode()
@@ -147,11 +175,18 @@ def _zeroshot(out: Path, world: WorldCfg, sizes: SizeCfg, bar: tqdm) -> dict[str
             for i, png in enumerate(images[comp]):
                 (root / folder / f"{i:04d}.png").write_bytes(png)
         _write_lines(root / "classnames.txt", [composition_name(comp) for _, comp in folders])
+        if name == "all":  # the generic attribute-object layout of ``sparo-clip eval compositional``
+            rows = [
+                f"{f}\t{composition_name(c)}\t{c[0]}\t{c[1]}\t{'unseen' if c in world.unseen else 'seen'}"
+                for f, c in folders
+            ]
+            _write_lines(root / "classes.tsv", ["folder\tname\tattribute\tobject\tsplit", *rows])
         _write_lines(
             root / "templates.txt", [f"{t}." if not t.endswith(".") else t for t in ZEROSHOT_TEMPLATES]
         )
         sets[name] = {
             "dir": str(root),
+            **({"classes": str(root / "classes.tsv")} if name == "all" else {}),
             "classnames": str(root / "classnames.txt"),
             "templates": str(root / "templates.txt"),
             "num_classes": len(folders),
@@ -192,41 +227,57 @@ def _clip_benchmark_set(
     return str(root)
 
 
+def _pairs_csv(folder: Path, samples: list[tuple[str, dict]], groups: list[str] | None) -> str:
+    """The pairs as images plus a CSV (filepath<TAB>title[<TAB>group]); returns the CSV path."""
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rows = ["filepath\ttitle" + ("\tgroup" if groups else "")]
+    for i, (key, files) in enumerate(samples):
+        (images / f"{key}.png").write_bytes(files["png"])
+        rows.append(f"images/{key}.png\t{files['txt'].decode()}" + (f"\t{groups[i]}" if groups else ""))
+    _write_lines(folder / "retrieval.csv", rows)
+    return str(folder / "retrieval.csv")
+
+
 def _val(out: Path, world: WorldCfg, sizes: SizeCfg, bar: tqdm) -> dict[str, Any]:
     samples = list(_caption_samples(world, "val", sizes.val, "seen", bar))
     pattern, counts = _write_shards(
         out / "val", "val", iter(samples), sizes.val, max(1, min(4, sizes.val // 64))
     )
-    images = out / "val" / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    rows = ["filepath\ttitle"]
-    for key, files in samples:
-        (images / f"{key}.png").write_bytes(files["png"])
-        rows.append(f"images/{key}.png\t{files['txt'].decode()}")
-    _write_lines(out / "val" / "retrieval.csv", rows)
+    csv_path = _pairs_csv(out / "val", samples, None)
     cb = _clip_benchmark_set(out / "clip_benchmark" / "shapes_retrieval", samples, None)
-    return {
-        "pattern": pattern,
-        "num_samples": sum(counts.values()),
-        "csv": str(out / "val" / "retrieval.csv"),
-        "clip_benchmark": cb,
-    }
+    return {"pattern": pattern, "num_samples": sum(counts.values()), "csv": csv_path, "clip_benchmark": cb}
 
 
-def _sugarcrepe(out: Path, world: WorldCfg, sizes: SizeCfg, bar: tqdm) -> dict[str, Any]:
-    root = out / "sugarcrepe"
+def _test(out: Path, world: WorldCfg, sizes: SizeCfg, bar: tqdm) -> dict[str, Any]:
+    """Test pairs split by novelty: even items show only training pairs, odd items a held-out pair."""
+    samples = list(_caption_samples(world, "test", sizes.test, "split", bar))
+    groups = [_group_mode(i)[0] for i in range(len(samples))]
+    csv_path = _pairs_csv(out / "test", samples, groups)
+    return {"csv": csv_path, "num_samples": len(samples), "groups": {g: groups.count(g) for g in GROUPS}}
+
+
+def _sugarcrepe(out: Path, world: WorldCfg, per_task: int, name: str, bar: tqdm) -> dict[str, Any]:
+    """The compositionality sets under ``out/name``; even items seen-only scenes, odd items novel ones."""
+    root = out / name
     (root / "images").mkdir(parents=True, exist_ok=True)
     counts = {}
     for task in TASKS:
         items = {}
-        for i in range(sizes.sugarcrepe_per_task):
-            rng = _rng(world.seed, f"sugarcrepe/{task}", i)
+        for i in range(per_task):
+            rng = _rng(world.seed, f"{name}/{task}", i)
             low = max(2, world.min_objects)
-            scene = sample_scene(rng, world, rng.randint(low, world.max_objects), "any")
+            group, mode = _group_mode(i)
+            scene = sample_scene(rng, world, rng.randint(low, world.max_objects), mode)
             filename = f"{task}_{i:05d}.png"
             (root / "images" / filename).write_bytes(png_bytes(render_scene(scene, world)))
             positive, negative = task_pair(task, scene, world, rng)
-            items[str(i)] = {"filename": filename, "caption": positive, "negative_caption": negative}
+            items[str(i)] = {
+                "filename": filename,
+                "caption": positive,
+                "negative_caption": negative,
+                "group": group,
+            }
             bar.update()
         (root / f"{task}.json").write_text(json.dumps(items, indent=1) + "\n")
         counts[task] = len(items)
@@ -258,11 +309,14 @@ def generate(
             path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     num_classes = len(world.compositions)
+    if not world.unseen:
+        raise ValueError("the world holds no composition out (holdout_fraction 0): nothing to generalise to")
     total = (
         sizes.train
         + 2 * sizes.val
+        + sizes.test
         + num_classes * sizes.zeroshot_per_class
-        + len(TASKS) * sizes.sugarcrepe_per_task
+        + len(TASKS) * (sizes.sugarcrepe_per_task + sizes.sugarcrepe_val_per_task)
     )
     with tqdm(total=total, desc="shapes world", unit="img") as bar:
         pattern, counts = _write_shards(
@@ -274,19 +328,40 @@ def generate(
         )
         val = _val(out, world, sizes, bar)
         bar.update(sizes.val)  # the CSV copy of the validation set
+        test = _test(out, world, sizes, bar)
         zeroshot = _zeroshot(out, world, sizes, bar)
-        sugarcrepe = _sugarcrepe(out, world, sizes, bar)
+        sugarcrepe = _sugarcrepe(out, world, sizes.sugarcrepe_per_task, "sugarcrepe", bar)
+        sugarcrepe_val = _sugarcrepe(out, world, sizes.sugarcrepe_val_per_task, "sugarcrepe_val", bar)
     manifest = {
         "settings": settings,
         "held_out": world.unseen_names,
         "seen": [composition_name(c) for c in world.seen],
         "train": {"pattern": pattern, "num_samples": sum(counts.values()), "num_shards": len(counts)},
         "val": val,
+        "test": test,
         "zeroshot": zeroshot,
+        "compositional": {
+            "dir": zeroshot["all"]["dir"],
+            "classes": zeroshot["all"]["classes"],
+            "templates": zeroshot["all"]["templates"],
+        },
         "sugarcrepe": sugarcrepe,
+        "sugarcrepe_val": sugarcrepe_val,
     }
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")  # written last: marks a complete folder
     return manifest
+
+
+# A tiny world for smoke tests (``make-data --small``, ``quickstart --small``).
+SMALL_SIZES = SizeCfg(
+    train=512,
+    val=48,
+    shards=4,
+    zeroshot_per_class=4,
+    sugarcrepe_per_task=16,
+    test=32,
+    sugarcrepe_val_per_task=8,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, default=SizeCfg.shards)
     p.add_argument("--zeroshot-per-class", type=int, default=SizeCfg.zeroshot_per_class)
     p.add_argument("--sugarcrepe-per-task", type=int, default=SizeCfg.sugarcrepe_per_task)
+    p.add_argument("--test-size", type=int, default=SizeCfg.test, help="test pairs (half novel scenes)")
+    p.add_argument("--sugarcrepe-val-per-task", type=int, default=SizeCfg.sugarcrepe_val_per_task)
+    p.add_argument("--small", action="store_true", help="a tiny world for smoke tests (overrides the sizes)")
     p.add_argument("--force", action="store_true", help="regenerate even if the folder is up to date")
     return p
 
@@ -328,8 +406,18 @@ def main(argv: list[str] | None = None) -> int:
             holdout=holdout,
             seed=args.seed,
         )
-        sizes = SizeCfg(
-            args.train_size, args.val_size, args.shards, args.zeroshot_per_class, args.sugarcrepe_per_task
+        sizes = (
+            SMALL_SIZES
+            if args.small
+            else SizeCfg(
+                train=args.train_size,
+                val=args.val_size,
+                shards=args.shards,
+                zeroshot_per_class=args.zeroshot_per_class,
+                sugarcrepe_per_task=args.sugarcrepe_per_task,
+                test=args.test_size,
+                sugarcrepe_val_per_task=args.sugarcrepe_val_per_task,
+            )
         )
         manifest = generate(args.out, world, sizes, force=args.force)
     except ValueError as e:

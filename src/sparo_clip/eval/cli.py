@@ -7,6 +7,8 @@ import logging
 import sys
 from typing import Any
 
+import torch
+
 from .common import (
     EvalError,
     common_parser,
@@ -17,7 +19,7 @@ from .common import (
     slot_mask,
     write_results,
 )
-from .tasks import HELP, TASKS
+from .tasks import HELP, ITEM_TASKS, TASKS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in TASKS.items():
         task_parser = sub.add_parser(name, parents=[parent], help=HELP[name], description=HELP[name])
         module.add_data_args(task_parser)
+        if name in ITEM_TASKS:
+            task_parser.add_argument(
+                "--save-items", metavar="FILE", default=None, help="also save per-item scores (torch.save)"
+            )
     return parser
 
 
@@ -41,9 +47,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     caches = module.encode(ctx, data)
     mask = slot_mask(slots, ctx.num_slots)
     metrics = {name: cache.to(ctx.device).metrics(mask) for name, cache in caches.items()}
+    if getattr(args, "save_items", None):  # what the metrics are computed from, for resampling
+        torch.save({name: cache.items(mask) for name, cache in caches.items()}, args.save_items)
     if args.task != "zeroshot":  # one dataset: no per-dataset level
         (metrics,) = metrics.values()
-    return {"task": args.task} | run_info(args, ctx, slots) | {"data": data_info(args), "metrics": metrics}
+    info = {"data": data_info(args, exclude=("save_items",)), "metrics": metrics}
+    return {"task": args.task} | run_info(args, ctx, slots) | info
 
 
 def setup_logging() -> None:
