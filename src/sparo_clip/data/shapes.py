@@ -4,6 +4,9 @@ Under one output folder (see docs/data.md)::
 
     dataset.json                       manifest: generator version, settings, held-out pairs, every split
     train/train-{000000..0000NN}.tar   webdataset shards (<key>.png, <key>.txt, <key>.json scene) + sizes.json
+    train/train.csv, train/images/     the same training pairs as a CSV (filepath<TAB>title; for runs whose
+                                       sample order must be reproducible: OpenCLIP shuffles CSV data with the
+                                       seeded torch generator, webdataset samples with a time-seeded one)
     val/val-{000000..0000NN}.tar       the same for validation/retrieval + sizes.json
     val/retrieval.csv, val/images/     the validation pairs as a CSV (filepath<TAB>title, OpenCLIP's defaults)
     test/retrieval.csv, test/images/   test pairs, half seen-only scenes and half with a held-out pair
@@ -318,14 +321,24 @@ def generate(
         + num_classes * sizes.zeroshot_per_class
         + len(TASKS) * (sizes.sugarcrepe_per_task + sizes.sugarcrepe_val_per_task)
     )
+    train_rows = ["filepath\ttitle"]
+
+    def _with_files(samples: Iterator[tuple[str, dict]]) -> Iterator[tuple[str, dict]]:
+        (out / "train" / "images").mkdir(parents=True, exist_ok=True)
+        for key, files in samples:
+            (out / "train" / "images" / f"{key}.png").write_bytes(files["png"])
+            train_rows.append(f"images/{key}.png\t{files['txt'].decode()}")
+            yield key, files
+
     with tqdm(total=total, desc="shapes world", unit="img") as bar:
         pattern, counts = _write_shards(
             out / "train",
             "train",
-            _caption_samples(world, "train", sizes.train, "seen", bar),
+            _with_files(_caption_samples(world, "train", sizes.train, "seen", bar)),
             sizes.train,
             sizes.shards,
         )
+        _write_lines(out / "train" / "train.csv", train_rows)
         val = _val(out, world, sizes, bar)
         bar.update(sizes.val)  # the CSV copy of the validation set
         test = _test(out, world, sizes, bar)
@@ -336,7 +349,12 @@ def generate(
         "settings": settings,
         "held_out": world.unseen_names,
         "seen": [composition_name(c) for c in world.seen],
-        "train": {"pattern": pattern, "num_samples": sum(counts.values()), "num_shards": len(counts)},
+        "train": {
+            "pattern": pattern,
+            "num_samples": sum(counts.values()),
+            "num_shards": len(counts),
+            "csv": str(out / "train" / "train.csv"),
+        },
         "val": val,
         "test": test,
         "zeroshot": zeroshot,
