@@ -290,3 +290,12 @@ def test_cli_writes_and_reports(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["held_out"] == ["blue star", "red circle"]
     assert printed["train"]["pattern"].endswith("train-{000000..000001}.tar")
+
+
+def test_cli_small_world(tmp_path, capsys):
+    from sparo_clip.data.shapes import SMALL_SIZES
+
+    assert main(["--out", str(tmp_path), "--small"]) == 0
+    manifest = json.loads((tmp_path / "dataset.json").read_text())
+    assert manifest["settings"]["sizes"] == vars(SMALL_SIZES)
+    assert manifest["test"]["groups"] == {"seen": SMALL_SIZES.test // 2, "novel": SMALL_SIZES.test // 2}
