@@ -39,6 +39,10 @@ _logger = logging.getLogger("benchmarks.study")
 ROOT = Path(__file__).resolve().parents[1]
 VAL_METRIC = "validation retrieval mean recall"
 FULL_COMMAND = "python -m benchmarks.study --budgets 150 500 --seeds 0 1 2 --write-docs"
+# --reduced-world: fewer evaluation items (for a study that must fit a busy machine); training data as large as
+# the runs need. The default world is the quickstart's.
+REDUCED_SIZES = dict(train=4000, val=200, shards=4, zeroshot_per_class=10, sugarcrepe_per_task=60, test=200,
+                     sugarcrepe_val_per_task=2)  # fmt: skip
 
 Runner = Callable[[quickstart.TrainCfg, str, Path], dict[str, Any]]
 
@@ -191,7 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3], help="tried at the shortest budget"
     )
     p.add_argument("--batch-size", type=int, default=quickstart.BATCH_SIZE)
-    p.add_argument("--data", default="data/shapes", help="the shapes world (generated if missing)")
+    p.add_argument(
+        "--data", default=None, help="the shapes world (default: data/shapes, generated if missing)"
+    )
+    p.add_argument(
+        "--reduced-world",
+        action="store_true",
+        help="a world with fewer evaluation items (default folder data/shapes-reduced): faster, wider intervals",
+    )
     p.add_argument("--out", default="runs/study", help="the run cache")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep every run's checkpoint (large)")
     p.add_argument("--write-docs", action="store_true", help="write docs/study.md and docs/img/study/*.png")
@@ -220,10 +231,12 @@ def main(argv: list[str] | None = None, runner: Runner | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="[study] %(message)s")
     out = Path(args.out)
-    if runner is None:
-        from sparo_clip.data.shapes import generate
+    from sparo_clip.data.shapes import SizeCfg, generate
 
-        runner = train_and_evaluate(generate(args.data), args.keep_checkpoints)
+    sizes = SizeCfg(**REDUCED_SIZES) if args.reduced_world else SizeCfg()
+    data_dir = args.data or ("data/shapes-reduced" if args.reduced_world else "data/shapes")
+    if runner is None:
+        runner = train_and_evaluate(generate(data_dir, sizes=sizes), args.keep_checkpoints)
     t = time.perf_counter()
     study = run_study(args.budgets, args.seeds, args.lrs, args.batch_size, out, runner)
     study["settings"] = {
@@ -231,6 +244,7 @@ def main(argv: list[str] | None = None, runner: Runner | None = None) -> int:
         "seeds": args.seeds,
         "lrs": args.lrs,
         "batch_size": args.batch_size,
+        "world_sizes": vars(sizes),
         "command": "python -m benchmarks.study " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "seconds_this_call": time.perf_counter() - t,

@@ -46,6 +46,9 @@ def write_study_doc(study: dict[str, Any], path: Path, pictures: dict[str, Path]
         f"- Budgets: {', '.join(str(b) for b in budgets)} steps x batch {s['batch_size']} per run; seeds "
         f"{', '.join(str(x) for x in seeds)}; learning rates tried at {min(budgets)} steps: "
         f"{', '.join(f'{lr:g}' for lr in s['lrs'])}.",
+        "- Shapes world sizes: "
+        + ", ".join(f"{k} {v}" for k, v in s["world_sizes"].items())
+        + " (the evaluation sets: zero-shot images per class, compositionality items per task, test pairs).",
         "- Each model's learning rate was chosen on the validation pairs (retrieval mean recall; scenes of "
         "training compositions only) at the shortest budget, mean over seeds; the held-out test sets were never "
         "used to choose. Chosen: "
