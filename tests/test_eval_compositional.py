@@ -89,3 +89,16 @@ def test_group_recalls_rank_group_queries_against_the_whole_gallery():
     novel = recalls_from_ranks(i2t[torch.tensor([1, 2])], t2i[torch.tensor([1, 2])])
     assert novel["image_to_text_R@1"] == 0.0 and novel["text_to_image_R@1"] == 0.5
     assert recalls_from_ranks(i2t[:1], t2i[:1])["image_to_text_R@1"] == 1.0
+
+
+def test_select_slots_on_compositional_data(world, tmp_path):
+    from sparo_clip.eval.select import main as select_main
+
+    _, manifest, ckpt = world
+    spec = manifest["compositional"]
+    argv = ["compositional", "--model", MODEL, "--pretrained", str(ckpt), "--workers", "0"]
+    argv += ["--data", spec["dir"], "--classes", spec["classes"], "--output", str(tmp_path / "sel.json")]
+    assert select_main(argv) == 0
+    sel = json.loads((tmp_path / "sel.json").read_text())
+    assert sel["metric"] == "auc" and sel["val"]["selected"] >= sel["val"]["all_slots"]
+    assert sel["test_metrics"]["selected"]["num_unseen_images"] == len(manifest["held_out"])  # half of 2 each
