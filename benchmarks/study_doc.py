@@ -54,11 +54,12 @@ def write_study_doc(study: dict[str, Any], path: Path, pictures: dict[str, Path]
         "used to choose. Chosen: "
         + ", ".join(f"tiny-{m} {lr:g}" for m, lr in study["chosen_lr"].items())
         + ".",
-        "- Differences are paired by seed (SPARO − CLIP with the same seed, hence the same data order); the "
+        "- Differences are paired by seed (SPARO − CLIP, both trained with the same seed); the "
         f"interval is the t-based 95% interval of the mean difference over the {len(seeds)} seeds.",
         "- The study is resumable: every finished (model, seed, budget, lr) run is cached with its settings "
         "under `runs/study/runs/`, and a re-run only trains what is missing.",
-        f"- The issue's full study (about 2-2.5 hours on 2 CPU cores): `{full_command}`.",
+        f"- The full study (150 and 500 steps x 128, 3 seeds, 3 learning rates, the default world; about 2-2.5 "
+        f"hours on 2 quiet CPU cores, run it in parts if needed): `{full_command}`.",
         "",
         "## Learning-rate choice (validation retrieval mean recall, mean over seeds)",
         "",
@@ -83,6 +84,14 @@ def write_study_doc(study: dict[str, Any], path: Path, pictures: dict[str, Path]
                 f"| {metric} | {_ms(row['CLIP'])} | {_ms(row['SPARO'])} | {row['diff']:+.3f} "
                 f"[{row['low']:+.3f}, {row['high']:+.3f}] | {verdict(row)} |"
             )
+    if budgets != [150, 500] or s["batch_size"] != 128:
+        lines += [
+            "",
+            f"**This run is smaller than the full study** ({', '.join(str(b) for b in budgets)} steps x "
+            f"{s['batch_size']} instead of 150 and 500 x 128) so that it fits the machine it ran on; at these "
+            "budgets both models are barely trained, and the intervals say how little three seeds can tell "
+            "apart. Read the numbers as a measurement of this setting, not of SPARO.",
+        ]
     lines += ["", "## What the numbers say", ""]
     wins = 0
     for metric in HEADLINE:
