@@ -83,6 +83,10 @@ def test_same_settings_train_the_same_weights(run, tmp_path):
 
 
 def test_minutes_prints_the_steps_it_chose_and_bad_budgets_are_refused(capsys):
+    steps, times = quickstart.resolve_steps(quickstart.QuickstartCfg(minutes=0.5, batch_size=2))
+    assert set(times) == {"CLIP", "SPARO"} and steps == quickstart.plan_steps(0.5, times)
+    assert f"-> {steps} steps per model" in capsys.readouterr().out
+    assert quickstart.resolve_steps(quickstart.QuickstartCfg(steps=7)) == (7, None)
     assert quickstart.plan_steps(2.0, {"a": 1.0, "b": 2.0}) == 40
     assert quickstart.plan_steps(0.01, {"a": 1.0, "b": 2.0}, min_steps=5) == 5
     assert quickstart.main(["--steps", "0"]) == 2

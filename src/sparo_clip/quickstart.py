@@ -203,6 +203,17 @@ def plan_steps(minutes: float, step_times: dict[str, float], min_steps: int = 10
     return max(min_steps, int(minutes * 60 / sum(step_times.values())))
 
 
+def resolve_steps(cfg: QuickstartCfg) -> tuple[int, dict[str, float] | None]:
+    """The steps per model: ``cfg.steps``, or with ``cfg.minutes`` a budget timed here (printed)."""
+    if cfg.minutes is None:
+        return cfg.steps, None
+    step_times = {n: calibrate_step_time(m, cfg.batch_size) for n, m in MODELS.items()}
+    steps = plan_steps(cfg.minutes, step_times)
+    shown = ", ".join(f"{n} {t:.2f} s" for n, t in step_times.items())
+    print(f"[quickstart] --minutes {cfg.minutes}: one step takes {shown} here -> {steps} steps per model")
+    return steps, step_times
+
+
 def _eval(argv: list[str], output: Path) -> dict[str, Any]:
     from .eval.cli import main as eval_main
 
@@ -271,11 +282,7 @@ def run_quickstart(cfg: QuickstartCfg) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     data = generate(cfg.data, sizes=SMALL_SIZES if cfg.small else SizeCfg())
-    steps, step_times = cfg.steps, None
-    if cfg.minutes is not None:
-        step_times = {n: calibrate_step_time(m, cfg.batch_size) for n, m in MODELS.items()}
-        steps = plan_steps(cfg.minutes, step_times)
-        print(f"[quickstart] --minutes {cfg.minutes}: step times {step_times} s -> {steps} steps per model")
+    steps, step_times = resolve_steps(cfg)
     t_job = time.perf_counter()
     runs: dict[str, Any] = {}
     results: dict[str, Any] = {}
