@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,6 +49,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     mask = slot_mask(slots, ctx.num_slots)
     metrics = {name: cache.to(ctx.device).metrics(mask) for name, cache in caches.items()}
     if getattr(args, "save_items", None):  # what the metrics are computed from, for resampling
+        Path(args.save_items).parent.mkdir(parents=True, exist_ok=True)
         torch.save({name: cache.items(mask) for name, cache in caches.items()}, args.save_items)
     if args.task != "zeroshot":  # one dataset: no per-dataset level
         (metrics,) = metrics.values()
