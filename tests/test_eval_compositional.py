@@ -40,7 +40,12 @@ def test_compositional_eval_on_the_shapes_layout(world, tmp_path):
     assert 0.0 <= m["auc"] <= 1.0 and 0.0 <= m["best_hm"] <= 1.0
     items = torch.load(tmp_path / "items.pt")["compositional"]
     again = gczsl_metrics(
-        items["logits"], items["labels"], items["unseen"], items["attributes"], items["objects"]
+        items["logits"],
+        items["labels"],
+        items["unseen"],
+        items["attributes"],
+        items["objects"],
+        with_curve=True,
     )
     assert again == m  # the saved per-image scores reproduce the reported metrics
     assert "save_items" not in result["data"]

@@ -44,3 +44,20 @@ def test_paired_bootstrap_tells_a_better_model_apart():
     assert auc["low"] > 0 and auc["diff"] > 0.3  # the strong classifier is ahead on every resample
     same = out["compositionality mean, novel scenes"]
     assert same["diff"] == same["low"] == same["high"] == 0.0  # identical models: no difference
+
+
+def test_curve_plot(tmp_path):
+    from PIL import Image
+
+    from sparo_clip.quickstart_report import plot_curves
+
+    results = {}
+    for name, signal in (("CLIP", 0.5), ("SPARO", 2.0)):
+        it = _items(3, signal)
+        m = gczsl_metrics(
+            it["logits"], it["labels"], it["unseen"], it["attributes"], it["objects"], with_curve=True
+        )
+        results[name] = {"compositional": m}
+    path = plot_curves(results, ["CLIP", "SPARO"], tmp_path / "curves.png")
+    with Image.open(path) as im:
+        assert im.size[0] > 300 and len(im.getcolors(1 << 16)) > 10

@@ -146,7 +146,8 @@ class CompositionalCache(SlotCache):
     def __post_init__(self) -> None:
         self.scores = SlotScores(self.images, self.classes)
 
-    def metrics(self, mask: torch.Tensor | None = None, with_curve: bool = False) -> dict[str, object]:
+    def metrics(self, mask: torch.Tensor | None = None, with_curve: bool = True) -> dict[str, object]:
+        """The GCZSL metrics with the slots in ``mask``, and the seen/unseen curve (``curve``)."""
         return gczsl_metrics(
             self.scores(mask), self.labels, self.unseen, self.attributes, self.objects, with_curve
         )
