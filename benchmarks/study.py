@@ -176,6 +176,7 @@ def plot(study: dict[str, Any], metric: str, path: Path) -> None:
         for s in steps:  # the seeds themselves
             ax.scatter([s] * len(study["table"][s][metric]["values"][label]), study["table"][s][metric]["values"][label],
                        color=colour, alpha=0.35, s=12)  # fmt: skip
+    ax.set_xticks(steps)
     ax.set_xlabel("training steps")
     ax.set_ylabel(metric)
     ax.set_title(metric, fontsize=9)

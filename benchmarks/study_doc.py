@@ -103,18 +103,26 @@ def write_study_doc(study: dict[str, Any], path: Path, pictures: dict[str, Path]
             )
         wins += verdict(table[longest][metric]) == "significant: SPARO higher"
         lines.append(f"- {metric}: SPARO − CLIP = " + "; ".join(parts) + ".")
-    lines += [""]
+    tests = len(HEADLINE) * len(budgets)
+    lines += [
+        "",
+        f"These are {tests} intervals at the 95% level, without correction for multiple comparisons: about one "
+        "in twenty excludes 0 by chance alone when there is no difference.",
+        "",
+    ]
     if wins == 0:
         lines.append(
             f"At this scale SPARO does not beat CLIP significantly on any headline metric at {longest} steps. "
             + PAPER_SCALE
-            + "; this study trains 19M-parameter towers on 64-pixel synthetic scenes for a few hundred steps at most."
+            + f"; this study trains 19M-parameter towers on 64-pixel synthetic scenes for at most {longest} steps "
+            f"of {s['batch_size']} pairs."
         )
     else:
         lines.append(
             f"At {longest} steps SPARO is significantly ahead on {wins} of {len(HEADLINE)} headline metrics (above). "
             + PAPER_SCALE
-            + "; this study is a few hundred steps of 19M-parameter towers on 64-pixel synthetic scenes."
+            + f"; this study trains 19M-parameter towers on 64-pixel synthetic scenes for at most {longest} steps "
+            f"of {s['batch_size']} pairs."
         )
     lines += ["", "## Plots (mean ± std over seeds, dots: single seeds)", ""]
     lines += [f"![{metric}]({p.as_posix()})" for metric, p in pictures.items()]
