@@ -8,7 +8,7 @@ import sys
 # sub-command -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("sparo_clip.train", "train with open_clip_train's loop (accepts all its flags)"),
-    "eval": ("sparo_clip.eval.cli", "evaluate: zeroshot | retrieval | sugarcrepe"),
+    "eval": ("sparo_clip.eval.cli", "evaluate: zeroshot | retrieval | sugarcrepe | compositional"),
     "select-slots": ("sparo_clip.eval.select", "search a subset of slots that maximises a metric"),
     "viz": ("sparo_clip.viz", "slot attention pictures"),
     "make-data": ("sparo_clip.data.shapes", "generate the synthetic shapes world"),
