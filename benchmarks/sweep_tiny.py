@@ -1,10 +1,11 @@
 """How the quickstart's tiny SPARO settings were chosen: a small sweep at the quickstart's budget.
 
 ``python -m benchmarks.sweep_tiny [--steps 50] [--write-docs]`` trains tiny-SPARO variants (slot count x slot
-width, learning rate) on the shapes world for the same number of steps through ``torchrun -m
-sparo_clip.train``, evaluates each with the quickstart's evaluation (zero-shot seen/unseen, retrieval,
-compositionality), prints a table, writes ``runs/sweep_tiny/results.json`` and, with ``--write-docs``,
-fills the measured table into docs/quickstart.md between its markers.
+width, learning rate) on the shapes world for the same number of steps through the quickstart's
+:func:`~sparo_clip.quickstart.train_model`, evaluates each with :func:`~sparo_clip.quickstart.evaluate`
+(compositional zero-shot, compositionality on novel scenes, retrieval), prints a table, writes
+``runs/sweep_tiny/results.json`` and, with ``--write-docs``, fills the measured table into docs/quickstart.md
+between its markers.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import argparse
 import json
 import logging
 import platform
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,42 +35,35 @@ VARIANTS: list[tuple[str, dict[str, Any], float]] = [
 
 
 def run_variant(
-    label: str, sparo: dict[str, Any], lr: float, data: dict[str, Any], args: argparse.Namespace
+    label: str, sparo: dict[str, Any], lr: float, data: dict[str, Any], steps: int, batch_size: int, out: Path
 ) -> dict:
     name = "sparo-" + "".join(c if c.isalnum() else "-" for c in label).strip("-")
-    out = Path(args.out)
     override = {"sparo_cfg": sparo}
-    qs_args = argparse.Namespace(batch_size=args.batch_size, lr=lr, seed=0, workers=1)
-    cmd = quickstart.train_command("tiny-SPARO", name, data, args.steps, qs_args, out / "logs")
-    cmd += ["--override-model-config", json.dumps(override)]
-    t = time.perf_counter()
-    import subprocess
-
-    if subprocess.run(cmd, capture_output=True).returncode != 0:
-        raise RuntimeError(f"training {label} failed: see {out / 'logs' / name / 'out.log'}")
-    seconds = time.perf_counter() - t
-    ckpt = out / "logs" / name / "checkpoints" / "epoch_1.pt"
+    cfg = quickstart.TrainCfg("tiny-SPARO", steps, batch_size, lr, override=override)
+    record = quickstart.train_model(cfg, name, data, out)
+    ckpt = record["checkpoint"]
     model = sparo_clip.create_model("tiny-SPARO", pretrained=str(ckpt), override_config=override)
     local = sparo_clip.save_pretrained(model, out / "models" / name)
     results = quickstart.evaluate(f"local-dir:{local}", ckpt, data, out / "eval" / name)
-    return {"label": label, "sparo_cfg": sparo, "lr": lr, "seconds": seconds, "results": results}
+    return {"label": label, "sparo_cfg": sparo, "lr": lr, "seconds": record["seconds"], "results": results}
 
 
 def table(rows: list[dict[str, Any]], steps: int, batch: int) -> str:
     head = (
         f"Measured by `python -m benchmarks.sweep_tiny` ({steps} steps x {batch}, {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}):\n\n"
-        "| variant | zero-shot top-1 seen | zero-shot top-1 unseen | retrieval R@1 (i2t / t2i) | compositionality mean | train s |\n"
+        "| variant | compositional AUC | best HM | compositionality mean, novel scenes | "
+        "validation R@1 (i2t / t2i) | train s |\n"
         "|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
         res = r["results"]
-        ret = res["retrieval"]
+        ret, comp = res["retrieval_val"], res["compositional"]
         lines.append(
-            f"| {r['label']} | {res['zeroshot_seen']['top1']:.3f} | {res['zeroshot_unseen']['top1']:.3f} | "
-            f"{ret['image_to_text_R@1']:.3f} / {ret['text_to_image_R@1']:.3f} | {res['sugarcrepe']['mean']:.3f} "
-            f"| {r['seconds']:.0f} |"
+            f"| {r['label']} | {comp['auc']:.3f} | {comp['best_hm']:.3f} | "
+            f"{res['sugarcrepe']['groups']['novel']['mean']:.3f} | "
+            f"{ret['image_to_text_R@1']:.3f} / {ret['text_to_image_R@1']:.3f} | {r['seconds']:.0f} |"
         )
     return head + "\n".join(lines) + "\n"
 
@@ -93,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[sweep] %(message)s")
     data = generate(args.data)
-    rows = [run_variant(label, sparo, lr, data, args) for label, sparo, lr in VARIANTS]
+    out = Path(args.out)
+    rows = [
+        run_variant(label, sparo, lr, data, args.steps, args.batch_size, out) for label, sparo, lr in VARIANTS
+    ]
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     text = table(rows, args.steps, args.batch_size)

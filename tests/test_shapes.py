@@ -15,7 +15,9 @@ from sparo_clip.data.captions import TASKS, make_spec, negative
 from sparo_clip.data.shapes import SizeCfg, generate, main
 from sparo_clip.data.world import PALETTE, RELATIONS, SIZES, WorldCfg, relation, sample_scene
 
-SMALL = SizeCfg(train=64, val=24, shards=4, zeroshot_per_class=3, sugarcrepe_per_task=6)
+SMALL = SizeCfg(
+    train=64, val=24, shards=4, zeroshot_per_class=3, sugarcrepe_per_task=6, test=8, sugarcrepe_val_per_task=4
+)
 
 
 @pytest.fixture(scope="module")
@@ -128,9 +130,55 @@ def test_sugarcrepe_files_and_wrong_captions(world_dir):
         items = json.loads((out / "sugarcrepe" / f"{task}.json").read_text())
         assert len(items) == SMALL.sugarcrepe_per_task
         for item in items.values():
-            assert set(item) == {"filename", "caption", "negative_caption"}
+            assert set(item) == {"filename", "caption", "negative_caption", "group"}
             assert item["caption"] != item["negative_caption"]
             Image.open(out / "sugarcrepe" / "images" / item["filename"]).verify()
+
+
+def _names_held_out(text, world):
+    return any((c, s) in world.unseen for _, c, s in _mentions(text, world))
+
+
+def test_test_sets_are_split_by_novelty(world_dir):
+    """Every compositionality item and test pair says whether its scene holds a held-out pair, truthfully."""
+    from sparo_clip.eval.retrieval import read_csv_pairs
+    from sparo_clip.eval.sugarcrepe import read_items
+
+    out, manifest = world_dir
+    world = WorldCfg()
+    for name, per_task in (
+        ("sugarcrepe", SMALL.sugarcrepe_per_task),
+        ("sugarcrepe_val", SMALL.sugarcrepe_val_per_task),
+    ):
+        items = read_items(manifest[name]["root"])
+        assert items.item_group.count("novel") == items.item_group.count("seen") == len(TASKS) * per_task // 2
+        for text, group in zip(items.captions, items.item_group, strict=True):
+            assert _names_held_out(text, world) == (group == "novel"), (
+                text
+            )  # the true caption names every object
+    pairs = read_csv_pairs(manifest["test"]["csv"], "filepath", "title", "\t", "group")
+    assert pairs.image_group.count("novel") == pairs.image_group.count("seen") == SMALL.test // 2
+    for text, group in zip(pairs.captions, pairs.image_group, strict=True):
+        assert _names_held_out(text, world) == (group == "novel"), text
+    # validation pairs (for choosing settings) only show training pairs; the two compositionality sets differ
+    val = read_csv_pairs(manifest["val"]["csv"], "filepath", "title", "\t", "group")
+    assert val.image_group is None and not any(_names_held_out(t, world) for t in val.captions)
+    assert (
+        read_items(manifest["sugarcrepe"]["root"]).captions[:4]
+        != read_items(manifest["sugarcrepe_val"]["root"]).captions[:4]
+    )
+
+
+def test_compositional_class_list(world_dir):
+    from sparo_clip.eval.compositional import read_compositions
+
+    _, manifest = world_dir
+    spec = manifest["compositional"]
+    data = read_compositions(spec["dir"], spec["classes"])
+    held_out = {n for n, u in zip(data.names, data.unseen, strict=True) if u}
+    assert held_out == set(manifest["held_out"]) and len(data.names) == 24
+    assert all(n == f"{a} {o}" for n, a, o in zip(data.names, data.attributes, data.objects, strict=True))
+    assert len(data.paths) == 24 * SMALL.zeroshot_per_class
 
 
 def test_retrieval_csv_and_clip_benchmark_layout(world_dir):
@@ -168,7 +216,18 @@ def test_second_run_reuses_and_other_settings_regenerate(tmp_path, caplog):
     generate(tmp_path, sizes=SMALL)
     assert "up to date: reusing it" in caplog.text
     assert (tmp_path / "train" / "train-000000.tar").stat().st_mtime_ns == stamp
-    generate(tmp_path, sizes=SizeCfg(train=32, val=8, shards=2, zeroshot_per_class=1, sugarcrepe_per_task=2))
+    generate(
+        tmp_path,
+        sizes=SizeCfg(
+            train=32,
+            val=8,
+            shards=2,
+            zeroshot_per_class=1,
+            sugarcrepe_per_task=2,
+            test=2,
+            sugarcrepe_val_per_task=2,
+        ),
+    )
     assert "regenerating" in caplog.text
     assert json.loads((tmp_path / "dataset.json").read_text())["train"]["num_samples"] == 32
     assert not (tmp_path / "train" / "train-000003.tar").exists()
@@ -213,6 +272,8 @@ def test_wrong_captions_are_wrong_and_true_captions_true(mode):
         (["--colors", "red,mauve"], "unknown: ['mauve']"),
         (["--train-size", "0"], "train=0 is not valid"),
         (["--max-objects", "1"], "max_objects must be at least 2"),
+        (["--holdout-fraction", "0"], "holds no composition out"),
+        (["--test-size", "1"], "test=1 must be at least 2"),
         (["--holdout", "red circle,blue blob"], "holdout pair 'blue blob' is not valid"),
     ],
 )
@@ -224,7 +285,17 @@ def test_cli_errors(tmp_path, capsys, argv, message):
 def test_cli_writes_and_reports(tmp_path, capsys):
     argv = ["--out", str(tmp_path), "--train-size", "16", "--val-size", "8", "--shards", "2"]
     argv += ["--zeroshot-per-class", "1", "--sugarcrepe-per-task", "2", "--holdout", "red circle,blue star"]
+    argv += ["--test-size", "2", "--sugarcrepe-val-per-task", "2"]
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["held_out"] == ["blue star", "red circle"]
     assert printed["train"]["pattern"].endswith("train-{000000..000001}.tar")
+
+
+def test_cli_small_world(tmp_path, capsys):
+    from sparo_clip.data.shapes import SMALL_SIZES
+
+    assert main(["--out", str(tmp_path), "--small"]) == 0
+    manifest = json.loads((tmp_path / "dataset.json").read_text())
+    assert manifest["settings"]["sizes"] == vars(SMALL_SIZES)
+    assert manifest["test"]["groups"] == {"seen": SMALL_SIZES.test // 2, "novel": SMALL_SIZES.test // 2}

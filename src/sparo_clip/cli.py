@@ -8,7 +8,10 @@ import sys
 # sub-command -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("sparo_clip.train", "train with open_clip_train's loop (accepts all its flags)"),
-    "eval": ("sparo_clip.eval.cli", "evaluate: zeroshot | retrieval | sugarcrepe | knn | linear"),
+    "eval": (
+        "sparo_clip.eval.cli",
+        "evaluate: zeroshot | retrieval | sugarcrepe | compositional | knn | linear",
+    ),
     "select-slots": ("sparo_clip.eval.select", "search a subset of slots that maximises a metric"),
     "benchmark": (
         "sparo_clip.clip_benchmark",

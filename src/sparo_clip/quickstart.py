@@ -1,16 +1,21 @@
 """The main job on one CPU machine: a tiny SPARO model and its CLIP twin, trained and evaluated side by side.
 
-``./scripts/quickstart.sh [--minutes M]`` runs ``python -m sparo_clip.quickstart``:
+``./scripts/quickstart.sh [--steps N | --minutes M]`` runs ``python -m sparo_clip.quickstart``:
 
 1. generate the shapes world (cached: a second run reuses it);
-2. time a few training steps of each model and give both the same number of steps (the same samples, the
-   same batch size) so that the slower one's training fits the budget;
-3. train each through ``torchrun -m sparo_clip.train`` (OpenCLIP's training loop);
-4. evaluate both with the ``sparo-clip eval`` commands: zero-shot on seen and unseen compositions,
-   retrieval R@1, every compositionality set;
-5. write ``report.md``, ``results.json`` and slot-attention pictures of the SPARO model.
+2. train each model for the same fixed number of steps (default ``DEFAULT_STEPS``; the same samples, batch
+   size and seed) through ``torchrun -m sparo_clip.train`` (OpenCLIP's training loop). ``--minutes`` instead
+   times a few steps on this machine and prints the steps it chose (then results depend on the machine);
+3. evaluate both with the ``sparo-clip eval`` commands: generalised compositional zero-shot (seen and held-out
+   compositions, each classified over all of them), every compositionality set and test retrieval, each
+   split into scenes of seen pairs and scenes with a held-out pair, and validation retrieval;
+4. choose SPARO slots greedily on the validation compositionality set (``sparo-clip select-slots``) and
+   report the gain on the test set;
+5. write ``report.md`` (a summary "SPARO - CLIP = x +- y" per headline metric, with paired bootstrap 95%
+   intervals over test items, then tables and pictures), ``results.json`` and slot-attention pictures.
 
-Every number in the report is read from the evaluation outputs; nothing is written by hand.
+Python API: :func:`run_quickstart` (the whole job), :func:`train_model`, :func:`evaluate` (used by
+``benchmarks/study.py`` and ``benchmarks/sweep_tiny.py``). Every number is read from the evaluation outputs.
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,43 +45,151 @@ BATCH_SIZE = 128
 LR = 1e-3
 WARMUP = 10
 WD = 0.1
-SMALL_WORLD_SIZES = dict(train=512, val=48, shards=4, zeroshot_per_class=4, sugarcrepe_per_task=16)
+DEFAULT_STEPS = 70  # per model; fits the 15-minute job on 2 CPU cores (docs/quickstart.md)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="quickstart", description=__doc__.split("\n\n")[0])
-    p.add_argument("--minutes", type=float, default=6.0, help="training budget for both models together")
-    p.add_argument("--out", default="runs/quickstart", help="folder for checkpoints, logs and the report")
-    p.add_argument("--data", default="data/shapes", help="folder of the generated shapes world (cached)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    p.add_argument("--lr", type=float, default=LR)
-    p.add_argument("--small", action="store_true", help="a tiny world and evaluation sets (smoke tests)")
-    p.add_argument("--min-steps", type=int, default=20, help="fewest training steps per model")
-    p.add_argument("--max-steps", type=int, default=None, help="cap on training steps per model (for tests)")
-    p.add_argument("--workers", type=int, default=1, help="data loader workers per training process")
-    return p
+@dataclass(frozen=True)
+class TrainCfg:
+    """One training run: the model, its budget and optimisation settings (all recorded with the run)."""
+
+    model: str
+    steps: int
+    batch_size: int = BATCH_SIZE
+    lr: float = LR
+    seed: int = 0
+    workers: int = 1
+    override: dict[str, Any] | None = field(default=None, hash=False)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} is not valid: expected a positive integer")
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr!r} is not valid: expected a positive number")
 
 
-def calibrate_step_time(
-    model_name: str, batch_size: int, context_length: int, image_size: int, reps: int = 3
-) -> float:
+@dataclass
+class QuickstartCfg:
+    """The whole job. ``minutes`` (if set) replaces ``steps`` by a budget calibrated on this machine."""
+
+    steps: int = DEFAULT_STEPS
+    minutes: float | None = None
+    out: str = "runs/quickstart"
+    data: str = "data/shapes"
+    seed: int = 0
+    batch_size: int = BATCH_SIZE
+    lr: float = LR
+    small: bool = False
+    workers: int = 1
+    select_slots: bool = True
+    pictures: bool = True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def training_list(data: dict[str, Any], samples: int, folder: Path) -> Path:
+    """A CSV of exactly ``samples`` training pairs (the world's pairs in order, cycled), with absolute paths.
+
+    OpenCLIP shuffles CSV data with torch's generator, which ``--seed`` seeds: the same seed gives the same
+    batches (its webdataset pipeline shuffles samples with a time-seeded generator instead).
+    """
+    source = Path(data["train"]["csv"])
+    rows = source.read_text().splitlines()[1:]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"train_{samples}.csv"
+    lines = ["filepath\ttitle"]
+    for i in range(samples):
+        image, text = rows[i % len(rows)].split("\t", 1)
+        lines.append(f"{(source.parent / image).resolve()}\t{text}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def train_command(cfg: TrainCfg, name: str, data: dict[str, Any], logs: Path) -> list[str]:
+    """``torchrun -m sparo_clip.train``: one epoch of ``cfg.steps`` steps over a list of the world's pairs."""
+    train_csv = training_list(data, cfg.steps * cfg.batch_size, logs / name)
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
+        "--master_port", str(_free_port()),
+        "-m", "sparo_clip.train",
+        "--model", cfg.model,
+        "--train-data", str(train_csv),
+        "--dataset-type", "csv",
+        "--batch-size", str(cfg.batch_size),
+        "--epochs", "1",
+        "--lr", str(cfg.lr), "--warmup", str(min(WARMUP, max(1, cfg.steps // 5))), "--wd", str(WD),
+        "--workers", str(cfg.workers),
+        "--precision", "fp32",
+        "--seed", str(cfg.seed),
+        "--logs-dir", str(logs), "--name", name,
+        "--log-every-n-steps", "10",
+        "--report-to", "none",
+        "--save-frequency", "1",
+    ]  # fmt: skip
+    if cfg.override:
+        cmd += ["--override-model-config", json.dumps(cfg.override)]
+    return cmd
+
+
+def train_model(cfg: TrainCfg, name: str, data: dict[str, Any], out: str | Path) -> dict[str, Any]:
+    """Train one model (reusing a finished run with the same settings); returns the run's record.
+
+    The record (``out/logs/<name>/run.json``) holds the settings, the checkpoint path and the measured
+    training seconds; it is written only after the checkpoint exists, so an interrupted run is redone.
+    """
+    logs = Path(out) / "logs"
+    ckpt = logs / name / "checkpoints" / "epoch_1.pt"
+    stamp = logs / name / "run.json"
+    settings = asdict(cfg)
+    if ckpt.is_file() and stamp.is_file():
+        record = json.loads(stamp.read_text())
+        if record.get("settings") == settings:
+            _logger.info("%s: reusing %s", name, ckpt)
+            return record
+    shutil.rmtree(logs / name, ignore_errors=True)
+    cmd = train_command(cfg, name, data, logs.resolve())
+    _logger.info(
+        "%s: training %s for %d steps of %d: %s", name, cfg.model, cfg.steps, cfg.batch_size, " ".join(cmd)
+    )
+    env = dict(os.environ, OMP_NUM_THREADS=str(os.cpu_count() or 1))
+    t = time.perf_counter()
+    result = subprocess.run(cmd, env=env)
+    seconds = time.perf_counter() - t
+    if result.returncode != 0 or not ckpt.is_file():
+        raise RuntimeError(
+            f"training {cfg.model} failed (exit code {result.returncode}); see {logs / name / 'out.log'}"
+        )
+    _logger.info("%s: trained in %.0f s", name, seconds)
+    record = {"settings": settings, "checkpoint": str(ckpt), "seconds": seconds}
+    stamp.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def calibrate_step_time(model_name: str, batch_size: int, reps: int = 3) -> float:
     """Median seconds of one training step (forward, ClipLoss, backward, AdamW) on random data."""
+    import open_clip
     from open_clip.loss import ClipLoss
 
+    cfg = sparo_clip.resolve_model_config(model_name)
+    context, image_size = cfg["text_cfg"]["context_length"], cfg["vision_cfg"]["image_size"]
+    eot = open_clip.get_tokenizer(model_name).eot_token_id
     model = sparo_clip.create_model(model_name)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = ClipLoss()
     images = torch.randn(batch_size, 3, image_size, image_size)
-    text = torch.randint(1, 400, (batch_size, context_length))
-    text[:, context_length // 2] = 49407  # captions of half the context, end-of-text then padding
-    text[:, context_length // 2 + 1 :] = 0
+    text = torch.randint(1, 400, (batch_size, context))
+    text[:, context // 2] = eot  # captions of half the context, end-of-text then padding
+    text[:, context // 2 + 1 :] = 0
     times = []
     for i in range(reps + 1):
         t = time.perf_counter()
-        out = model(images, text)
-        loss = loss_fn(*out)
+        loss = loss_fn(*model(images, text))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -83,67 +198,20 @@ def calibrate_step_time(
     return sorted(times)[len(times) // 2]
 
 
-def plan_steps(minutes: float, step_times: dict[str, float], min_steps: int, max_steps: int | None) -> int:
+def plan_steps(minutes: float, step_times: dict[str, float], min_steps: int = 10) -> int:
     """The same number of steps for every model, so that all of them together train in ``minutes``."""
-    total_per_step = sum(step_times.values())
-    steps = max(min_steps, int(minutes * 60 / total_per_step))
-    return min(steps, max_steps) if max_steps else steps
+    return max(min_steps, int(minutes * 60 / sum(step_times.values())))
 
 
-def train_command(
-    model: str, name: str, data: dict[str, Any], steps: int, args: argparse.Namespace, logs: Path
-) -> list[str]:
-    """``torchrun -m sparo_clip.train`` with one epoch of ``steps`` steps on the shapes world's shards."""
-    return [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29571",
-        "-m", "sparo_clip.train",
-        "--model", model,
-        "--train-data", data["train"]["pattern"],
-        "--dataset-type", "webdataset",
-        "--train-num-samples", str(steps * args.batch_size),
-        "--batch-size", str(args.batch_size),
-        "--epochs", "1",
-        "--lr", str(args.lr), "--warmup", str(min(WARMUP, max(1, steps // 5))), "--wd", str(WD),
-        "--workers", str(args.workers),
-        "--precision", "fp32",
-        "--seed", str(args.seed),
-        "--logs-dir", str(logs), "--name", name,
-        "--log-every-n-steps", "10",
-        "--report-to", "none",
-        "--save-frequency", "1",
-    ]  # fmt: skip
-
-
-def train(
-    model: str, name: str, data: dict[str, Any], steps: int, args: argparse.Namespace, out: Path
-) -> Path:
-    """Train one model (reusing a finished run with the same settings) and return its checkpoint."""
-    logs = out / "logs"
-    ckpt = logs / name / "checkpoints" / "epoch_1.pt"
-    settings = {
-        "model": model,
-        "steps": steps,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "seed": args.seed,
-    }
-    stamp = logs / name / "quickstart.json"
-    if ckpt.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == settings:
-        _logger.info("%s: reusing %s", name, ckpt)
-        return ckpt
-    shutil.rmtree(logs / name, ignore_errors=True)
-    cmd = train_command(model, name, data, steps, args, logs)
-    _logger.info("%s: training %s for %d steps of %d: %s", name, model, steps, args.batch_size, " ".join(cmd))
-    env = dict(os.environ, OMP_NUM_THREADS=str(os.cpu_count() or 1))
-    t = time.perf_counter()
-    result = subprocess.run(cmd, env=env)
-    if result.returncode != 0 or not ckpt.is_file():
-        raise RuntimeError(
-            f"training {model} failed (exit code {result.returncode}); see {logs / name / 'out.log'}"
-        )
-    _logger.info("%s: trained in %.0f s", name, time.perf_counter() - t)
-    stamp.write_text(json.dumps(settings))
-    return ckpt
+def resolve_steps(cfg: QuickstartCfg) -> tuple[int, dict[str, float] | None]:
+    """The steps per model: ``cfg.steps``, or with ``cfg.minutes`` a budget timed here (printed)."""
+    if cfg.minutes is None:
+        return cfg.steps, None
+    step_times = {n: calibrate_step_time(m, cfg.batch_size) for n, m in MODELS.items()}
+    steps = plan_steps(cfg.minutes, step_times)
+    shown = ", ".join(f"{n} {t:.2f} s" for n, t in step_times.items())
+    print(f"[quickstart] --minutes {cfg.minutes}: one step takes {shown} here -> {steps} steps per model")
+    return steps, step_times
 
 
 def _eval(argv: list[str], output: Path) -> dict[str, Any]:
@@ -155,89 +223,113 @@ def _eval(argv: list[str], output: Path) -> dict[str, Any]:
     return json.loads(output.read_text())
 
 
-def evaluate(model: str, ckpt: Path, data: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Zero-shot on seen/unseen/all compositions, retrieval, compositionality: the eval commands' JSON."""
+def evaluate(
+    model: str, ckpt: str | Path, data: dict[str, Any], out: str | Path, slots: str | None = None
+) -> dict:
+    """Compositional zero-shot, compositionality (test), retrieval (test and validation) of one checkpoint.
+
+    Returns the metrics of each eval command (its JSON and per-item scores are kept under ``out``).
+    """
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     common = ["--model", model, "--pretrained", str(ckpt), "--batch-size", "256", "--workers", "0"]
-    results: dict[str, Any] = {}
-    for split, spec in data["zeroshot"].items():
-        argv = ["zeroshot", *common, "--data", spec["dir"], "--classnames", spec["classnames"]]
-        r = _eval([*argv, "--templates", spec["templates"]], out / f"zeroshot_{split}.json")
-        results[f"zeroshot_{split}"] = {**r["metrics"]["folder"], "chance": 1 / spec["num_classes"]}
-    r = _eval(["retrieval", *common, "--csv", data["val"]["csv"]], out / "retrieval.json")
-    results["retrieval"] = r["metrics"]
-    sc = data["sugarcrepe"]
-    r = _eval(
-        ["sugarcrepe", *common, "--root", sc["root"], "--image-dir", sc["image_dir"]], out / "sugarcrepe.json"
-    )
-    results["sugarcrepe"] = r["metrics"]
+    common += ["--slots", slots] if slots else []
+    comp, sc = data["compositional"], data["sugarcrepe"]
+    jobs = {
+        "compositional": ["compositional", "--data", comp["dir"], "--classes", comp["classes"], "--templates", comp["templates"]],
+        "sugarcrepe": ["sugarcrepe", "--root", sc["root"]],
+        "retrieval": ["retrieval", "--csv", data["test"]["csv"]],
+        "retrieval_val": ["retrieval", "--csv", data["val"]["csv"]],
+    }  # fmt: skip
+    results = {}
+    for key, argv in jobs.items():
+        items = ["--save-items", str(out / f"{key}_items.pt")]
+        results[key] = _eval([*argv, *common, *items], out / f"{key}.json")["metrics"]
     return results
 
 
-def _rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, float]]]:
-    """(metric label, {model: value}) rows of the side-by-side table."""
-    names = list(results)
-    first = results[names[0]]
-    rows = []
-    for split in ("seen", "unseen", "all"):
-        key = f"zeroshot_{split}"
-        if key in first:
-            n = first[key]["num_classes"]
-            rows.append((f"zero-shot top-1, {split} compositions ({n} classes, chance {1 / n:.3f})",
-                         {m: results[m][key]["top1"] for m in names}))  # fmt: skip
-            rows.append(
-                (f"zero-shot top-5, {split} compositions", {m: results[m][key]["top5"] for m in names})
-            )
-    for key in ("image_to_text_R@1", "text_to_image_R@1", "image_to_text_R@5", "text_to_image_R@5"):
-        rows.append((f"retrieval {key.replace('_', ' ')}", {m: results[m]["retrieval"][key] for m in names}))
-    for task in sorted(k for k in first["sugarcrepe"] if k not in ("mean", "num_items")):
-        rows.append(
-            (f"compositionality {task} (chance 0.5)", {m: results[m]["sugarcrepe"][task] for m in names})
+def select_slots(model: str, ckpt: str | Path, data: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Greedy slot selection on the validation compositionality set; the test set is never searched."""
+    from .eval.select import main as select_main
+
+    argv = [
+        "sugarcrepe",
+        "--model",
+        model,
+        "--pretrained",
+        str(ckpt),
+        "--batch-size",
+        "256",
+        "--workers",
+        "0",
+    ]
+    argv += ["--root", data["sugarcrepe_val"]["root"], "--test-split", data["sugarcrepe"]["root"]]
+    argv += ["--metric", "mean", "--output", str(out / "select_slots.json")]
+    if select_main(argv) != 0:
+        raise RuntimeError("sparo-clip select-slots failed")
+    return json.loads((out / "select_slots.json").read_text())
+
+
+def _parameters(model: str) -> int:
+    return sum(p.numel() for p in sparo_clip.create_model(model, device="meta").parameters())
+
+
+def run_quickstart(cfg: QuickstartCfg) -> dict[str, Any]:
+    """The whole job; returns the summary written to ``results.json`` (the report is ``report.md``)."""
+    from .data.shapes import SMALL_SIZES, SizeCfg, generate
+    from .quickstart_report import write_report
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = generate(cfg.data, sizes=SMALL_SIZES if cfg.small else SizeCfg())
+    steps, step_times = resolve_steps(cfg)
+    t_job = time.perf_counter()
+    runs: dict[str, Any] = {}
+    results: dict[str, Any] = {}
+    for name, model in MODELS.items():
+        train_cfg = TrainCfg(model, steps, cfg.batch_size, cfg.lr, cfg.seed, cfg.workers)
+        record = train_model(train_cfg, name, data, out)
+        runs[name] = record | {"model": model, "steps": steps, "batch_size": cfg.batch_size, "lr": cfg.lr}
+        runs[name]["parameters"] = _parameters(model)
+        results[name] = evaluate(model, record["checkpoint"], data, out / "eval" / name)
+    untrained = out / "untrained-SPARO.pt"
+    torch.manual_seed(cfg.seed)
+    torch.save(sparo_clip.create_model(MODELS["SPARO"]).state_dict(), untrained)
+    results["untrained"] = evaluate(MODELS["SPARO"], untrained, data, out / "eval" / "untrained")
+    selection = None
+    if cfg.select_slots:
+        sel_out = out / "eval" / "SPARO-selected"
+        sel_out.mkdir(parents=True, exist_ok=True)
+        selection = select_slots(MODELS["SPARO"], runs["SPARO"]["checkpoint"], data, sel_out)
+        results["SPARO-selected"] = evaluate(
+            MODELS["SPARO"],
+            runs["SPARO"]["checkpoint"],
+            data,
+            sel_out,
+            slots=str(sel_out / "select_slots.json"),
         )
-    rows.append(("compositionality mean", {m: results[m]["sugarcrepe"]["mean"] for m in names}))
-    return rows
-
-
-def write_report(out: Path, summary: dict[str, Any]) -> Path:
-    """report.md from the measured results (no number typed by hand)."""
-    results = summary["results"]
-    names = list(results)
-    lines = [
-        "# sparo-clip quickstart report",
-        "",
-        f"Shapes world: {summary['data']['train_samples']} training images, held-out compositions "
-        f"{', '.join(summary['data']['held_out'])} (never in a training image or caption).",
-        "",
-        "| model | config | parameters | steps x batch | training time (s) |",
-        "|---|---|---|---|---|",
-    ]
-    for name in names:
-        run = summary["runs"].get(name)
-        if run:
-            lines.append(
-                f"| {name} | {run['model']} | {run['parameters']:,} | {run['steps']} x {run['batch_size']} "
-                f"| {run['seconds']:.0f} |"
-            )
-    lines += ["", "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for label, values in _rows(results):
-        best = max(values[n] for n in names if n in summary["runs"])
-        cells = [
-            f"**{values[n]:.3f}**" if n in summary["runs"] and values[n] == best else f"{values[n]:.3f}"
-            for n in names
-        ]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Bold: the better trained model. `untrained` is the SPARO model at initialisation, for reference.",
-        "Both models trained through `torchrun -m sparo_clip.train` with the same steps, batch size, learning",
-        "rate and data; evaluated by `sparo-clip eval` (per-command JSON under `eval/`).",
-    ]
-    if summary.get("pictures"):
-        lines += ["", "## SPARO slot attention", ""]
-        lines += [f"![{Path(p).stem}]({Path(p).relative_to(out)})" for p in summary["pictures"]]
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    pictures = (
+        draw_pictures(MODELS["SPARO"], Path(runs["SPARO"]["checkpoint"]), data, out) if cfg.pictures else []
+    )
+    summary = {
+        "config": asdict(cfg),
+        "data": {
+            "root": cfg.data,
+            "train_samples": data["train"]["num_samples"],
+            "held_out": data["held_out"],
+        },
+        "steps": steps,
+        "step_times": step_times,
+        "wall_seconds": time.perf_counter() - t_job,
+        "torch_threads": torch.get_num_threads(),
+        "runs": runs,
+        "results": results,
+        "slot_selection": selection,
+        "pictures": pictures,
+    }
+    summary["summary"] = write_report(out, summary)
+    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def draw_pictures(model: str, ckpt: Path, data: dict[str, Any], out: Path, count: int = 6) -> list[str]:
@@ -249,7 +341,7 @@ def draw_pictures(model: str, ckpt: Path, data: dict[str, Any], out: Path, count
     rows = Path(data["val"]["csv"]).read_text().splitlines()[1 : count + 1]
     captions = []
     for i, row in enumerate(rows):
-        path, text = row.split("\t", 1)
+        path, text = row.split("\t")[:2]
         shutil.copyfile(Path(data["val"]["csv"]).parent / path, folder / f"{i:02d}.png")
         captions.append(text)
     (out / "viz_captions.txt").write_text("\n".join(captions) + "\n")
@@ -261,52 +353,54 @@ def draw_pictures(model: str, ckpt: Path, data: dict[str, Any], out: Path, count
     return [str(p) for p in sorted(viz_out.rglob("*.png"))[:4]]
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="quickstart", description=__doc__.split("\n\n")[0])
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps per model (fixed)")
+    budget.add_argument(
+        "--minutes", type=float, default=None, help="instead: a budget for both trainings, calibrated here"
+    )
+    p.add_argument("--out", default="runs/quickstart", help="folder for checkpoints, logs and the report")
+    p.add_argument("--data", default="data/shapes", help="folder of the generated shapes world (cached)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    p.add_argument("--lr", type=float, default=LR)
+    p.add_argument("--small", action="store_true", help="a tiny world and evaluation sets (smoke tests)")
+    p.add_argument("--workers", type=int, default=1, help="data loader workers per training process")
+    p.add_argument("--no-select-slots", action="store_true", help="skip the slot selection")
+    p.add_argument(
+        "--write-docs", action="store_true", help="write the measured time into docs/quickstart.md"
+    )
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[quickstart] %(message)s")
-    from .data.shapes import SizeCfg, generate
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    sizes = SizeCfg(**SMALL_WORLD_SIZES) if args.small else SizeCfg()
-    data = generate(args.data, sizes=sizes)
-    context = sparo_clip.resolve_model_config(MODELS["SPARO"])["text_cfg"]["context_length"]
-    image_size = sparo_clip.resolve_model_config(MODELS["SPARO"])["vision_cfg"]["image_size"]
-    step_times = {n: calibrate_step_time(m, args.batch_size, context, image_size) for n, m in MODELS.items()}
-    steps = plan_steps(args.minutes, step_times, args.min_steps, args.max_steps)
-    _logger.info("step times %s s: %d steps of %d for each model", step_times, steps, args.batch_size)
-
-    runs: dict[str, Any] = {}
-    results: dict[str, Any] = {}
-    for name, model in MODELS.items():
-        t = time.perf_counter()
-        ckpt = train(model, name, data, steps, args, out)
-        seconds = time.perf_counter() - t
-        with torch.device("meta"):
-            params = sum(p.numel() for p in sparo_clip.create_model(model, device="meta").parameters())
-        runs[name] = {"model": model, "checkpoint": str(ckpt), "steps": steps, "batch_size": args.batch_size,
-                      "lr": args.lr, "seconds": seconds, "parameters": params}  # fmt: skip
-        results[name] = evaluate(model, ckpt, data, out / "eval" / name)
-    untrained = out / "untrained-SPARO.pt"
-    torch.manual_seed(args.seed)
-    torch.save(sparo_clip.create_model(MODELS["SPARO"]).state_dict(), untrained)
-    results["untrained"] = evaluate(MODELS["SPARO"], untrained, data, out / "eval" / "untrained")
-    pictures = draw_pictures(MODELS["SPARO"], Path(runs["SPARO"]["checkpoint"]), data, out)
-    summary = {
-        "data": {
-            "root": args.data,
-            "train_samples": data["train"]["num_samples"],
-            "held_out": data["held_out"],
-        },
-        "step_times": step_times,
-        "runs": runs,
-        "results": results,
-        "pictures": pictures,
-    }
-    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    report = write_report(out, summary)
+    for name in ("steps", "batch_size", "workers"):
+        if getattr(args, name) < (0 if name == "workers" else 1):
+            print(
+                f"quickstart: error: --{name.replace('_', '-')} {getattr(args, name)} is not valid",
+                file=sys.stderr,
+            )
+            return 2
+    if args.minutes is not None and args.minutes <= 0:
+        print(f"quickstart: error: --minutes {args.minutes} is not valid: expected > 0", file=sys.stderr)
+        return 2
+    cfg = QuickstartCfg(
+        steps=args.steps, minutes=args.minutes, out=args.out, data=args.data, seed=args.seed,
+        batch_size=args.batch_size, lr=args.lr, small=args.small, workers=args.workers,
+        select_slots=not args.no_select_slots,
+    )  # fmt: skip
+    t = time.perf_counter()
+    summary = run_quickstart(cfg)
+    report = Path(cfg.out) / "report.md"
     print(report.read_text())
-    _logger.info("wrote %s, %s and %d pictures", report, out / "results.json", len(pictures))
+    _logger.info("wrote %s and %s in %.0f s", report, Path(cfg.out) / "results.json", time.perf_counter() - t)
+    if args.write_docs:
+        from .quickstart_report import write_docs
+
+        write_docs(summary, time.perf_counter() - t)
     return 0
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from .common import (
     EvalError,
@@ -21,7 +24,7 @@ from .common import (
 )
 from .probe import HELP as PROBE_HELP
 from .probe import add_probe_commands, run_probe
-from .tasks import HELP, TASKS
+from .tasks import HELP, ITEM_TASKS, TASKS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in TASKS.items():
         task_parser = sub.add_parser(name, parents=[parent], help=HELP[name], description=HELP[name])
         module.add_data_args(task_parser)
+        if name in ITEM_TASKS:
+            task_parser.add_argument(
+                "--save-items", metavar="FILE", default=None, help="also save per-item scores (torch.save)"
+            )
     add_probe_commands(sub, parent)
     return parser
 
@@ -51,14 +58,15 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     caches = module.encode(ctx, data)
     mask = slot_mask(slots, ctx.num_slots)
     metrics = {name: cache.to(ctx.device).metrics(mask) for name, cache in caches.items()}
+    if getattr(args, "save_items", None):  # what the metrics are computed from, for resampling
+        Path(args.save_items).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({name: cache.items(mask) for name, cache in caches.items()}, args.save_items)
     if args.task != "zeroshot":  # one dataset: no per-dataset level
         (metrics,) = metrics.values()
     skipped = [reason for cache in caches.values() for reason in getattr(cache, "skipped", [])]
+    info = {"data": data_info(args, exclude=("save_items",)), "metrics": metrics}
     return (
-        {"task": args.task}
-        | run_info(args, ctx, slots)
-        | {"data": data_info(args), "metrics": metrics}
-        | {"skipped_images": skipped_report(skipped)}
+        {"task": args.task} | run_info(args, ctx, slots) | info | {"skipped_images": skipped_report(skipped)}
     )
 
 

@@ -1,4 +1,9 @@
-"""Image-text retrieval on a webdataset or a CSV of image,caption pairs: R@1/5/10 in both directions."""
+"""Image-text retrieval on a webdataset or a CSV of image,caption pairs: R@1/5/10 in both directions.
+
+A CSV may also name a group per row (``--csv-group-key``, default column ``group`` when present, e.g.
+``seen`` / ``novel``): the recalls are then also reported per group, for the queries of that group against
+the whole gallery (``groups``), so the numbers of the groups and of the whole set are comparable.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +51,11 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--csv-separator", default="\t", help="CSV field separator (default: tab; '\\t' is understood)"
     )
+    g.add_argument(
+        "--csv-group-key",
+        default="group",
+        help="CSV column with each pair's group, reported separately when the column exists (default: group)",
+    )
 
 
 @dataclass
@@ -56,10 +66,13 @@ class Pairs:
     text_image: list[int]
     image_paths: list[Path] | None = None
     image_slots: torch.Tensor | None = None
+    image_group: list[str] | None = None
 
 
-def read_csv_pairs(path: str | Path, img_key: str, caption_key: str, separator: str) -> Pairs:
-    """Rows of (image, caption); rows naming the same image give that image several captions."""
+def read_csv_pairs(
+    path: str | Path, img_key: str, caption_key: str, separator: str, group_key: str | None = None
+) -> Pairs:
+    """Rows of (image, caption[, group]); rows naming the same image give that image several captions."""
     path = Path(path)
     if not path.is_file():
         raise EvalError(f"--csv {path}: no such file")
@@ -75,21 +88,30 @@ def read_csv_pairs(path: str | Path, img_key: str, caption_key: str, separator: 
                 f"--csv {path}: no column(s) {missing}; its columns (separator {sep!r}) are {columns}; "
                 "set --csv-img-key / --csv-caption-key / --csv-separator"
             )
-        rows = [(row[img_key], row[caption_key]) for row in reader]
+        grouped = group_key is not None and group_key in columns
+        rows = [(row[img_key], row[caption_key], row[group_key] if grouped else None) for row in reader]
     if not rows:
         raise EvalError(f"--csv {path}: no rows")
     index: dict[str, int] = {}
-    captions, text_image = [], []
-    for image, caption in rows:
+    captions, text_image, groups = [], [], {}
+    for image, caption, group in rows:
         captions.append(caption)
         text_image.append(index.setdefault(image, len(index)))
+        if grouped:
+            if not group:
+                raise EvalError(f"--csv {path}: image {image!r} has an empty {group_key!r} column")
+            if groups.setdefault(image, group) != group:
+                raise EvalError(
+                    f"--csv {path}: image {image!r} is in two groups ({groups[image]!r}, {group!r})"
+                )
     paths = [(path.parent / p) for p in index]
     missing_files = [str(p) for p in paths if not p.is_file()]
     if missing_files:
         raise EvalError(
             f"--csv {path}: {len(missing_files)} image file(s) not found, e.g. {missing_files[:3]}"
         )
-    return Pairs(captions, text_image, image_paths=paths)
+    image_group = [groups[p] for p in index] if grouped else None
+    return Pairs(captions, text_image, image_paths=paths, image_group=image_group)
 
 
 def wds_urls(pattern: str) -> list[str]:
@@ -153,11 +175,9 @@ def read_wds_pairs(ctx: EvalContext, urls: list[str]) -> Pairs:
     return Pairs(captions, text_image, image_slots=torch.cat(chunks))
 
 
-def recall_metrics(sim: torch.Tensor, text_image: torch.Tensor) -> dict[str, float]:
-    """R@k both ways from similarities (N_images, N_texts); ``text_image[t]`` is caption t's image.
+def ranks(sim: torch.Tensor, text_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank of each image's best own caption (N_images,) and of each caption's image (N_texts,).
 
-    image->text: an image scores at k when one of its captions ranks in the top k of all captions.
-    text->image: a caption scores at k when its image ranks in the top k of all images.
     Rank = the number of wrong candidates scoring strictly higher.
     """
     text_image = text_image.to(sim.device)
@@ -167,12 +187,27 @@ def recall_metrics(sim: torch.Tensor, text_image: torch.Tensor) -> dict[str, flo
     i2t_rank = ((sim > best) & ~positive).sum(dim=1)
     own = sim[text_image, torch.arange(num_texts, device=sim.device)]  # (N_txt,)
     t2i_rank = (sim > own[None, :]).sum(dim=0)
+    return i2t_rank, t2i_rank
+
+
+def recalls_from_ranks(i2t_rank: torch.Tensor, t2i_rank: torch.Tensor) -> dict[str, float]:
+    """R@k both ways and their mean from per-query ranks."""
     out = {}
     for name, rank in (("image_to_text", i2t_rank), ("text_to_image", t2i_rank)):
         for k in KS:
-            out[f"{name}_R@{k}"] = int((rank < k).sum()) / len(rank)
+            out[f"{name}_R@{k}"] = int((rank < k).sum()) / max(1, len(rank))
     out["mean_recall"] = sum(out.values()) / len(out)
     return out
+
+
+def recall_metrics(sim: torch.Tensor, text_image: torch.Tensor) -> dict[str, float]:
+    """R@k both ways from similarities (N_images, N_texts); ``text_image[t]`` is caption t's image.
+
+    image->text: an image scores at k when one of its captions ranks in the top k of all captions.
+    text->image: a caption scores at k when its image ranks in the top k of all images.
+    Rank = the number of wrong candidates scoring strictly higher.
+    """
+    return recalls_from_ranks(*ranks(sim, text_image))
 
 
 @dataclass
@@ -183,13 +218,37 @@ class RetrievalCache(SlotCache):
     texts: torch.Tensor
     text_image: torch.Tensor
     name: str = "retrieval"
+    image_group: torch.Tensor | None = None
+    groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.scores = SlotScores(self.images, self.texts)
 
-    def metrics(self, mask: torch.Tensor | None = None) -> dict[str, float]:
-        out = recall_metrics(self.scores(mask), self.text_image)
-        return out | {"num_images": self.images.shape[0], "num_texts": self.texts.shape[0]}
+    def metrics(self, mask: torch.Tensor | None = None) -> dict[str, object]:
+        i2t, t2i = ranks(self.scores(mask), self.text_image)
+        out: dict[str, object] = dict(recalls_from_ranks(i2t, t2i))
+        out |= {"num_images": self.images.shape[0], "num_texts": self.texts.shape[0]}
+        if self.image_group is not None:  # queries of each group against the whole gallery
+            img_group = self.image_group.to(i2t.device)
+            txt_group = img_group[self.text_image.to(i2t.device)]
+            out["groups"] = {
+                name: recalls_from_ranks(i2t[img_group == g], t2i[txt_group == g])
+                | {"num_images": int((img_group == g).sum()), "num_texts": int((txt_group == g).sum())}
+                for g, name in enumerate(self.groups)
+            }
+        return out
+
+    def items(self, mask: torch.Tensor | None = None) -> dict[str, object]:
+        """Per query: its rank (image->text per image, text->image per caption) and group (for resampling)."""
+        i2t, t2i = ranks(self.scores(mask), self.text_image)
+        out: dict[str, object] = {
+            "i2t_rank": i2t.cpu(),
+            "t2i_rank": t2i.cpu(),
+            "text_image": self.text_image.cpu(),
+        }
+        if self.image_group is not None:
+            out |= {"image_group": self.image_group.cpu(), "groups": list(self.groups)}
+        return out
 
     def subset(self, image_index: torch.Tensor) -> RetrievalCache:
         """Keep these images and their captions."""
@@ -197,7 +256,12 @@ class RetrievalCache(SlotCache):
         new_id[image_index] = torch.arange(len(image_index))
         keep = new_id[self.text_image.cpu()] >= 0
         return RetrievalCache(
-            self.images[image_index], self.texts[keep], new_id[self.text_image.cpu()][keep], self.name
+            self.images[image_index],
+            self.texts[keep],
+            new_id[self.text_image.cpu()][keep],
+            self.name,
+            None if self.image_group is None else self.image_group[image_index],
+            self.groups,
         )
 
     def split(self, val_fraction: float, seed: int) -> tuple[RetrievalCache, RetrievalCache]:
@@ -210,7 +274,9 @@ class RetrievalCache(SlotCache):
 def prepare(args: argparse.Namespace) -> Pairs | list[str]:
     """CSV: the checked pairs; webdataset: the checked shard list (its samples are read while encoding)."""
     if args.csv is not None:
-        return read_csv_pairs(args.csv, args.csv_img_key, args.csv_caption_key, args.csv_separator)
+        return read_csv_pairs(
+            args.csv, args.csv_img_key, args.csv_caption_key, args.csv_separator, args.csv_group_key
+        )
     if args.wds is not None:
         return wds_urls(args.wds)
     raise EvalError("no data: give --wds SHARDS or --csv FILE")
@@ -231,4 +297,10 @@ def encode(ctx: EvalContext, data: Pairs | list[str]) -> dict[str, RetrievalCach
         images = pairs.image_slots
     texts = ctx.encode_texts(pairs.captions, desc="encoding captions")
     logger.info("retrieval: %d images, %d captions", images.shape[0], texts.shape[0])
-    return {"retrieval": RetrievalCache(images, texts, torch.tensor(pairs.text_image))}
+    group, names = None, ()
+    if pairs.image_group is not None:
+        names = tuple(sorted(set(pairs.image_group)))
+        group = torch.tensor([names.index(g) for g in pairs.image_group])
+    return {
+        "retrieval": RetrievalCache(images, texts, torch.tensor(pairs.text_image), "retrieval", group, names)
+    }

@@ -2,6 +2,8 @@
 
 Data: ``<root>/<task>.json`` for the seven tasks, each a dict ``id -> {"filename", "caption",
 "negative_caption"}``, and the COCO images they name (``--image-dir``, default ``<root>/images``).
+An item may also have a ``"group"`` (e.g. ``"seen"`` / ``"novel"``: whether its scene holds a composition
+held out of training); the metrics are then also reported per group (``groups``).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Items:
     negatives: list[str]
     item_task: list[int]
     tasks: list[str]
+    item_group: list[str] | None = None
 
 
 def read_items(root: str | Path, image_dir: str | Path | None = None) -> Items:
@@ -74,6 +77,7 @@ def read_items(root: str | Path, image_dir: str | Path | None = None) -> Items:
         )
     index: dict[str, int] = {}
     items = Items([], [], [], [], [], tasks)
+    groups: list[str | None] = []
     for task_id, task in enumerate(tasks):
         path = root / f"{task}.json"
         try:
@@ -89,6 +93,14 @@ def read_items(root: str | Path, image_dir: str | Path | None = None) -> Items:
             items.captions.append(entry["caption"])
             items.negatives.append(entry["negative_caption"])
             items.item_task.append(task_id)
+            group = entry.get("group")
+            if group is not None and (not isinstance(group, str) or not group):
+                raise EvalError(f"{path}: entry {key!r} has group {group!r}; expected a non-empty string")
+            groups.append(group)
+    if any(g is not None for g in groups):
+        if None in groups:
+            raise EvalError(f"--root {root}: some items have a 'group' and some do not; give every item one")
+        items.item_group = [str(g) for g in groups]
     items.image_paths = [image_dir / name for name in index]
     missing = [str(p) for p in items.image_paths if not p.is_file()]
     if missing:
@@ -108,22 +120,45 @@ class SugarCrepeCache(SlotCache):
     item_task: torch.Tensor
     tasks: list[str]
     name: str = "sugarcrepe"
+    item_group: torch.Tensor | None = None
+    groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.pos = SlotScores(self.images, self.captions, paired=True)
         self.neg = SlotScores(self.images, self.negatives, paired=True)
 
-    def metrics(self, mask: torch.Tensor | None = None) -> dict[str, float]:
-        """Accuracy per task (image . caption > image . negative) and their mean."""
-        correct = self.pos(mask) > self.neg(mask)
-        task = self.item_task.to(correct.device)
+    def _accuracies(self, correct: torch.Tensor, task: torch.Tensor) -> dict[str, float]:
         out = {}
         for t, name in enumerate(self.tasks):
             in_task = task == t
             if bool(in_task.any()):
                 out[name] = int(correct[in_task].sum()) / int(in_task.sum())
-        out["mean"] = sum(out.values()) / len(out)
+        out["mean"] = sum(out.values()) / len(out) if out else float("nan")
         return out | {"num_items": int(correct.numel())}
+
+    def metrics(self, mask: torch.Tensor | None = None) -> dict[str, object]:
+        """Accuracy per task (image . caption > image . negative) and their mean; also per group if any."""
+        correct = self.pos(mask) > self.neg(mask)
+        task = self.item_task.to(correct.device)
+        out: dict[str, object] = dict(self._accuracies(correct, task))
+        if self.item_group is not None:
+            group = self.item_group.to(correct.device)
+            out["groups"] = {
+                name: self._accuracies(correct[group == g], task[group == g])
+                for g, name in enumerate(self.groups)
+            }
+        return out
+
+    def items(self, mask: torch.Tensor | None = None) -> dict[str, object]:
+        """Per item: whether the caption wins, its task and group (for resampling)."""
+        out: dict[str, object] = {
+            "correct": (self.pos(mask) > self.neg(mask)).cpu(),
+            "task": self.item_task.cpu(),
+            "tasks": list(self.tasks),
+        }
+        if self.item_group is not None:
+            out |= {"group": self.item_group.cpu(), "groups": list(self.groups)}
+        return out
 
     def subset(self, index: torch.Tensor) -> SugarCrepeCache:
         return SugarCrepeCache(
@@ -133,6 +168,8 @@ class SugarCrepeCache(SlotCache):
             self.item_task[index],
             self.tasks,
             self.name,
+            None if self.item_group is None else self.item_group[index],
+            self.groups,
         )
 
     def split(self, val_fraction: float, seed: int) -> tuple[SugarCrepeCache, SugarCrepeCache]:
@@ -154,8 +191,18 @@ def encode(ctx: EvalContext, items: Items) -> dict[str, SugarCrepeCache]:
     captions = ctx.encode_texts(items.captions, desc="encoding captions")
     negatives = ctx.encode_texts(items.negatives, desc="encoding negative captions")
     item_image = torch.tensor(items.item_image)
-    return {
-        "sugarcrepe": SugarCrepeCache(
-            images[item_image], captions, negatives, torch.tensor(items.item_task), items.tasks
-        )
-    }
+    group, names = None, ()
+    if items.item_group is not None:
+        names = tuple(sorted(set(items.item_group)))
+        group = torch.tensor([names.index(g) for g in items.item_group])
+    cache = SugarCrepeCache(
+        images[item_image],
+        captions,
+        negatives,
+        torch.tensor(items.item_task),
+        items.tasks,
+        "sugarcrepe",
+        group,
+        names,
+    )
+    return {"sugarcrepe": cache}

@@ -1,0 +1,222 @@
+"""The shapes world's files: seeded samples, tar shards, and the evaluation sets (used by :mod:`.shapes`)."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
+
+from .captions import TASKS, ZEROSHOT_TEMPLATES, caption, task_pair
+from .render import png_bytes, render_scene
+from .world import WorldCfg, composition_name, sample_scene
+
+if TYPE_CHECKING:
+    from .shapes import SizeCfg
+
+GROUPS = ("seen", "novel")  # scenes of training pairs only / scenes with a held-out pair
+
+
+def _rng(seed: int, split: str, index: int) -> random.Random:
+    return random.Random(f"{seed}/{split}/{index}")
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = 0  # no time, owner or group from this machine: same settings, same bytes
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shards(
+    folder: Path, prefix: str, samples: Iterator[tuple[str, dict[str, bytes]]], total: int, shards: int
+) -> tuple[str, dict[str, int]]:
+    """Write ``total`` samples into ``shards`` tar files; returns (brace pattern, sizes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sizes: dict[str, int] = {}
+    per_shard = [total // shards + (1 if i < total % shards else 0) for i in range(shards)]
+    for shard, count in enumerate(per_shard):
+        name = f"{prefix}-{shard:06d}.tar"
+        with tarfile.open(folder / name, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for _ in range(count):
+                key, files = next(samples)
+                for ext, data in files.items():
+                    _add(tar, f"{key}.{ext}", data)
+        sizes[name] = count
+    (folder / "sizes.json").write_text(json.dumps(sizes, indent=1) + "\n")
+    return str(folder / f"{prefix}-{{000000..{shards - 1:06d}}}.tar"), sizes
+
+
+def _group_mode(i: int) -> tuple[str, str]:
+    """(group, scene mode) of item ``i`` of a set split by novelty: even items seen, odd items novel."""
+    return ("seen", "seen") if i % 2 == 0 else ("novel", "unseen")
+
+
+def caption_samples(
+    world: WorldCfg, split: str, count: int, mode: str, bar: tqdm
+) -> Iterator[tuple[str, dict]]:
+    """Captioned scenes; ``mode`` "split" alternates seen-only and novel scenes (see ``_group_mode``)."""
+    for i in range(count):
+        rng = _rng(world.seed, split, i)
+        scene_mode = _group_mode(i)[1] if mode == "split" else mode
+        scene = sample_scene(rng, world, rng.randint(world.min_objects, world.max_objects), scene_mode)
+        png = png_bytes(render_scene(scene, world))
+        bar.update()
+        text = caption(scene, rng).encode()
+        meta = json.dumps(
+            scene.to_dict(), sort_keys=True
+        ).encode()  # the objects drawn: colour, shape, size, x, y
+        yield f"{split}{i:07d}", {"png": png, "txt": text, "json": meta}
+
+
+def _single_object_scene(world: WorldCfg, comp: tuple[str, str], rng: random.Random):
+    """A one-object scene of a given composition (the zero-shot classification images)."""
+    from .world import SIZES, Obj, Scene
+
+    size = rng.choice(sorted(SIZES))
+    extent = world.size_px(size)
+    low, high = extent / 2 + 1, world.image_size - extent / 2 - 1
+    x, y = round(rng.uniform(low, high), 2), round(rng.uniform(low, high), 2)
+    return Scene((Obj(comp[0], comp[1], size, x, y),))
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(f"{line}\n" for line in lines))
+
+
+def zeroshot_sets(out: Path, world: WorldCfg, sizes: SizeCfg, bar: tqdm) -> dict[str, Any]:
+    """ImageFolder sets of single-object images: all compositions, seen ones, unseen ones."""
+    images: dict[tuple[str, str], list[bytes]] = {}
+    for k, comp in enumerate(world.compositions):
+        images[comp] = []
+        for i in range(sizes.zeroshot_per_class):
+            rng = _rng(world.seed, f"zeroshot/{k}", i)
+            images[comp].append(png_bytes(render_scene(_single_object_scene(world, comp, rng), world)))
+            bar.update()
+    sets: dict[str, Any] = {}
+    groups = {"all": world.compositions, "seen": world.seen, "unseen": tuple(sorted(world.unseen))}
+    for name, comps in groups.items():
+        root = out / "zeroshot" / name
+        if not comps:
+            continue
+        folders = sorted((f"{c}_{s}", (c, s)) for c, s in comps)
+        for folder, comp in folders:
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            for i, png in enumerate(images[comp]):
+                (root / folder / f"{i:04d}.png").write_bytes(png)
+        write_lines(root / "classnames.txt", [composition_name(comp) for _, comp in folders])
+        if name == "all":  # the generic attribute-object layout of ``sparo-clip eval compositional``
+            rows = [
+                f"{f}\t{composition_name(c)}\t{c[0]}\t{c[1]}\t{'unseen' if c in world.unseen else 'seen'}"
+                for f, c in folders
+            ]
+            write_lines(root / "classes.tsv", ["folder\tname\tattribute\tobject\tsplit", *rows])
+        write_lines(
+            root / "templates.txt", [f"{t}." if not t.endswith(".") else t for t in ZEROSHOT_TEMPLATES]
+        )
+        sets[name] = {
+            "dir": str(root),
+            **({"classes": str(root / "classes.tsv")} if name == "all" else {}),
+            "classnames": str(root / "classnames.txt"),
+            "templates": str(root / "templates.txt"),
+            "num_classes": len(folders),
+            "num_images": len(folders) * sizes.zeroshot_per_class,
+        }
+    # CLIP_benchmark's local layout for the same classification sets
+    for name in ("all", "seen", "unseen"):
+        if name not in sets:
+            continue
+        folders = sorted((f"{c}_{s}", (c, s)) for c, s in groups[name])
+        samples = [
+            (f"{name}{ci:03d}{i:04d}", {"png": png, "cls": str(ci).encode()})
+            for ci, (_, comp) in enumerate(folders)
+            for i, png in enumerate(images[comp])
+        ]
+        sets[name]["clip_benchmark"] = _clip_benchmark_set(
+            out / "clip_benchmark" / f"shapes_{name}", samples, [composition_name(c) for _, c in folders]
+        )
+    return sets
+
+
+def _clip_benchmark_set(
+    root: Path, samples: list[tuple[str, dict[str, bytes]]], classnames: list[str] | None
+) -> str:
+    """CLIP_benchmark's local webdataset layout (``--dataset wds/<name> --dataset_root <root>``): classification
+    when ``classnames`` are given (png + cls), retrieval otherwise (png + txt, and ``dataset_type.txt``)."""
+    (root / "test").mkdir(parents=True, exist_ok=True)
+    if classnames is None:
+        write_lines(root / "dataset_type.txt", ["retrieval"])  # without it, CLIP_benchmark expects .cls
+    else:
+        write_lines(root / "classnames.txt", classnames)
+        write_lines(root / "zeroshot_classification_templates.txt", [f"{t}." for t in ZEROSHOT_TEMPLATES])
+    (root / "test" / "nshards.txt").write_text("1\n")
+    with tarfile.open(root / "test" / "0.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, files in samples:
+            for ext, data in files.items():
+                _add(tar, f"{key}.{ext}", data)
+    return str(root)
+
+
+def _pairs_csv(folder: Path, samples: list[tuple[str, dict]], groups: list[str] | None) -> str:
+    """The pairs as images plus a CSV (filepath<TAB>title[<TAB>group]); returns the CSV path."""
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rows = ["filepath\ttitle" + ("\tgroup" if groups else "")]
+    for i, (key, files) in enumerate(samples):
+        (images / f"{key}.png").write_bytes(files["png"])
+        rows.append(f"images/{key}.png\t{files['txt'].decode()}" + (f"\t{groups[i]}" if groups else ""))
+    write_lines(folder / "retrieval.csv", rows)
+    return str(folder / "retrieval.csv")
+
+
+def val_pairs(out: Path, world: WorldCfg, sizes: SizeCfg, bar: tqdm) -> dict[str, Any]:
+    samples = list(caption_samples(world, "val", sizes.val, "seen", bar))
+    pattern, counts = write_shards(
+        out / "val", "val", iter(samples), sizes.val, max(1, min(4, sizes.val // 64))
+    )
+    csv_path = _pairs_csv(out / "val", samples, None)
+    cb = _clip_benchmark_set(out / "clip_benchmark" / "shapes_retrieval", samples, None)
+    return {"pattern": pattern, "num_samples": sum(counts.values()), "csv": csv_path, "clip_benchmark": cb}
+
+
+def test_pairs(out: Path, world: WorldCfg, sizes: SizeCfg, bar: tqdm) -> dict[str, Any]:
+    """Test pairs split by novelty: even items show only training pairs, odd items a held-out pair."""
+    samples = list(caption_samples(world, "test", sizes.test, "split", bar))
+    groups = [_group_mode(i)[0] for i in range(len(samples))]
+    csv_path = _pairs_csv(out / "test", samples, groups)
+    return {"csv": csv_path, "num_samples": len(samples), "groups": {g: groups.count(g) for g in GROUPS}}
+
+
+def sugarcrepe_sets(out: Path, world: WorldCfg, per_task: int, name: str, bar: tqdm) -> dict[str, Any]:
+    """The compositionality sets under ``out/name``; even items seen-only scenes, odd items novel ones."""
+    root = out / name
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for task in TASKS:
+        items = {}
+        for i in range(per_task):
+            rng = _rng(world.seed, f"{name}/{task}", i)
+            low = max(2, world.min_objects)
+            group, mode = _group_mode(i)
+            scene = sample_scene(rng, world, rng.randint(low, world.max_objects), mode)
+            filename = f"{task}_{i:05d}.png"
+            (root / "images" / filename).write_bytes(png_bytes(render_scene(scene, world)))
+            positive, negative = task_pair(task, scene, world, rng)
+            items[str(i)] = {
+                "filename": filename,
+                "caption": positive,
+                "negative_caption": negative,
+                "group": group,
+            }
+            bar.update()
+        (root / f"{task}.json").write_text(json.dumps(items, indent=1) + "\n")
+        counts[task] = len(items)
+    return {"root": str(root), "image_dir": str(root / "images"), "tasks": counts}
