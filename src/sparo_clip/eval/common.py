@@ -60,8 +60,13 @@ def common_parser(with_slots: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def check_common_args(args: argparse.Namespace) -> None:
-    """Resolve device/precision defaults and reject impossible values before any work is done."""
+def check_common_args(args: argparse.Namespace, registered_model: bool = True) -> None:
+    """Resolve device/precision defaults and reject impossible values before any work is done.
+
+    Args:
+        args: the parsed eval options.
+        registered_model: whether ``--model`` names an OpenCLIP model (False for ``dino:CKPT``).
+    """
     if args.batch_size < 1:
         raise EvalError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.workers < 0:
@@ -75,8 +80,9 @@ def check_common_args(args: argparse.Namespace) -> None:
     if args.precision is None:
         args.precision = "amp" if device.type == "cuda" else "fp32"
     try:
-        loading.check_model_name(args.model)
-        loading.check_pretrained(args.model, args.pretrained)
+        if registered_model:
+            loading.check_model_name(args.model)
+            loading.check_pretrained(args.model, args.pretrained)
         loading.check_output_file(args.output)
     except ValueError as e:
         raise EvalError(str(e)) from e

@@ -66,7 +66,7 @@ def load_image_encoder(args: argparse.Namespace) -> ImageEncoder:
     path = args.model[len(DINO_PREFIX) :]
     if args.pretrained is not None:
         raise EvalError("--pretrained is not used with --model dino:CKPT (the checkpoint holds the weights)")
-    check_common_args(args)
+    check_common_args(args, registered_model=False)
     try:
         encoder = load_encoder(path).to(args.device)
     except CheckpointError as e:
