@@ -133,8 +133,10 @@ def test_selection_never_scores_below_all_slots_on_validation(ckpt, tmp_path, ta
 def test_selected_slots_file_reproduces_test_scores_with_eval(ckpt, tmp_path):
     """With an explicit test split, eval --slots FILE on it gives exactly select-slots' test numbers."""
     for name, seed in (("val", 1), ("test", 2)):
-        class_folder(tmp_path / name, {f"c{i}": 3 for i in range(5)}, seed=seed)
-    write_lines(tmp_path / "names.txt", ["ant", "bee", "cow", "doe", "elk"])
+        class_folder(tmp_path / name, {f"c{i}": 2 for i in range(10)}, seed=seed)
+    write_lines(
+        tmp_path / "names.txt", ["ant", "bee", "cow", "doe", "elk", "fly", "gnu", "hen", "ibis", "jay"]
+    )
     common = [
         "--model",
         MODEL,

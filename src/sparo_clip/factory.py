@@ -62,8 +62,11 @@ def refuse_jit(model_name: str, override_config: dict[str, Any] | None, jit: boo
     from .base import TORCHSCRIPT_UNSUPPORTED
     from .registry import MODEL_BUILDERS
 
-    cfg = open_clip.get_model_config(model_name.replace("/", "-")) or {}
-    if jit and any(key in {**cfg, **(override_config or {})} for key in MODEL_BUILDERS):
+    if not jit:
+        return
+    registered = not model_name.startswith(("local-dir:", "hf-hub:"))  # those keep their config elsewhere
+    cfg = (open_clip.get_model_config(model_name.replace("/", "-")) or {}) if registered else {}
+    if any(key in {**cfg, **(override_config or {})} for key in MODEL_BUILDERS):
         raise NotImplementedError(f"{model_name}: {TORCHSCRIPT_UNSUPPORTED}")
 
 

@@ -11,6 +11,7 @@ from .common import EvalError, features, parse_slots, slot_mask
 from .image_features import add_probe_args, encode_paths, folder_pair, load_image_encoder
 from .knn import DEFAULT_KS, DEFAULT_T, accuracy, knn_scores, per_class_accuracy
 from .linear import DEFAULT_WDS, linear_probe
+from .zeroshot import TOP5_MIN_CLASSES
 
 HELP = {
     "knn": "weighted kNN on frozen image features (DINO's protocol) over an ImageFolder train/val pair",
@@ -49,7 +50,9 @@ def add_probe_commands(sub: argparse._SubParsersAction, parent: argparse.Argumen
 
 
 def _metrics(scores: torch.Tensor, labels: torch.Tensor, classnames: list[str]) -> dict[str, Any]:
-    out = {"top1": accuracy(scores, labels, 1), "top5": accuracy(scores, labels, 5)}
+    out = {"top1": accuracy(scores, labels, 1)}
+    if scores.shape[1] >= TOP5_MIN_CLASSES:  # top-5 among few classes says little
+        out["top5"] = accuracy(scores, labels, 5)
     return out | {"per_class_top1": per_class_accuracy(scores, labels, classnames)}
 
 

@@ -24,6 +24,8 @@ from .similarity import SlotCache, SlotScores, split_groups
 logger = logging.getLogger(__name__)
 
 METRICS = ("top1", "top5", "mean_per_class_recall")
+# top-5 among few classes says little (among 5 or fewer it is 1 by construction): measured from 10 classes on
+TOP5_MIN_CLASSES = 10
 VARIANT_HELP = {
     "imagenet-val": "ImageNet-1k val: one sub-folder per class named by wnid (n01440764, ...)",
     "imagenet-v2": "ImageNetV2: sub-folders 0..999 named by class index",
@@ -106,7 +108,8 @@ def class_slots(
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Top-1, top-5 accuracy and mean per-class recall (over the classes that have samples)."""
+    """Top-1 accuracy, mean per-class recall (over the classes that have samples) and, from
+    :data:`TOP5_MIN_CLASSES` classes on, top-5 accuracy."""
     labels = labels.to(logits.device)
     n, num_classes = logits.shape
     topk = logits.topk(min(5, num_classes), dim=1).indices  # (N, k)
@@ -115,11 +118,11 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
     per_class_hits = torch.bincount(labels, weights=top1, minlength=num_classes)
     per_class_count = torch.bincount(labels, minlength=num_classes)
     present = per_class_count > 0
-    return {
-        "top1": int(hit[:, 0].sum()) / n,
-        "top5": int(hit.any(dim=1).sum()) / n,
-        "mean_per_class_recall": (per_class_hits[present] / per_class_count[present]).mean().item(),
-    }
+    out = {"top1": int(hit[:, 0].sum()) / n}
+    if num_classes >= TOP5_MIN_CLASSES:
+        out["top5"] = int(hit.any(dim=1).sum()) / n
+    out["mean_per_class_recall"] = (per_class_hits[present] / per_class_count[present]).mean().item()
+    return out
 
 
 @dataclass
