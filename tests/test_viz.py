@@ -178,6 +178,14 @@ def test_compute_readout_rejects_non_sparo_models(tokenizer):
         viz.compute_readout(open_clip.create_model("test-CLIP"), torch.randn(1, 3, 32, 32), ["x"], tokenizer)
 
 
+def test_compute_readout_names_towers_without_a_patch_grid(tokenizer):
+    import open_clip
+
+    model = open_clip.create_model("test-convnext-SPARO")
+    with pytest.raises(ValueError, match="no.*patch grid|has none"):
+        viz.compute_readout(model, torch.randn(1, 3, 64, 64), ["x"], tokenizer)
+
+
 # ----------------------------------------------------------------------------------- filters and ranking
 def test_valid_slots_applies_the_reference_filters():
     agreement = torch.tensor([[0.9, 0.9, 0.9, 0.5]])

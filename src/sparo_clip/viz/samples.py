@@ -329,6 +329,11 @@ def compute_readout(
         raise ValueError(
             f"slot pictures need a SparoCLIP model (a config with sparo_cfg), got {type(model).__name__}"
         )
+    if not all(hasattr(model.visual, a) for a in ("grid_size", "patch_size")):
+        raise ValueError(
+            f"slot pictures draw attention over a ViT patch grid; this model's image tower "
+            f"({type(model.visual).__name__}) has none (timm and CNN towers are not drawn)"
+        )
     if len(captions) != images.shape[0]:
         raise ValueError(f"got {images.shape[0]} images but {len(captions)} captions: they must pair up 1:1")
     if batch_size < 1:
