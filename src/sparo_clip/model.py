@@ -6,7 +6,6 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
@@ -106,13 +105,17 @@ class SparoCLIP(ReadoutCLIP):
         vision_cfg: dict[str, Any] | CLIPVisionCfg,
         text_cfg: dict[str, Any] | CLIPTextCfg,
         sparo_cfg: dict[str, Any] | SparoCfg | None = None,
-        quick_gelu: bool = False,
-        init_logit_scale: float = np.log(1 / 0.07),
-        init_logit_bias: float | None = None,
-        nonscalar_logit_scale: bool = False,
-        cast_dtype: torch.dtype | None = None,
-        output_dict: bool = False,
+        **clip_options: Any,
     ) -> None:
+        """Build the towers (OpenCLIP) and one read-out per tower.
+
+        Args:
+            embed_dim: L * V, the flattened slots' width.
+            vision_cfg, text_cfg: OpenCLIP tower configs (before ``reduce_depth``).
+            sparo_cfg: the read-out settings (:class:`SparoCfg`).
+            **clip_options: OpenCLIP's model options (``quick_gelu``, ``init_logit_scale``,
+                ``init_logit_bias``, ``nonscalar_logit_scale``, ``cast_dtype``, ``output_dict``), passed on.
+        """
         sparo = SparoCfg.from_dict(sparo_cfg)
         if embed_dim != sparo.num_slots * sparo.slot_dim:
             raise ValueError(
@@ -128,13 +131,8 @@ class SparoCLIP(ReadoutCLIP):
             tower_dim=vcfg.width,
             vision_cfg=vcfg,
             text_cfg=tcfg,
-            quick_gelu=quick_gelu,
-            init_logit_scale=init_logit_scale,
-            init_logit_bias=init_logit_bias,
-            nonscalar_logit_scale=nonscalar_logit_scale,
-            cast_dtype=cast_dtype,
-            output_dict=output_dict,
             mask_text_cfg=CLIPTextCfg(**text_dict),
+            **clip_options,
         )
         if vcfg.timm_model_name:
             drop_last_blocks(self.visual, sparo.reduce_depth, "vision")
@@ -146,14 +144,14 @@ class SparoCLIP(ReadoutCLIP):
         self.sparo_cfg = sparo
         self._model_cfg = {
             "embed_dim": embed_dim,
-            "quick_gelu": quick_gelu,
+            "quick_gelu": bool(clip_options.get("quick_gelu", False)),
             "vision_cfg": vision_dict,
             "text_cfg": text_dict,
             "sparo_cfg": sparo.to_dict(),
         }
-        if init_logit_bias is not None:
-            self._model_cfg["init_logit_bias"] = float(init_logit_bias)
-        if nonscalar_logit_scale:
+        if clip_options.get("init_logit_bias") is not None:
+            self._model_cfg["init_logit_bias"] = float(clip_options["init_logit_bias"])
+        if clip_options.get("nonscalar_logit_scale"):
             self._model_cfg["nonscalar_logit_scale"] = True
 
         v_width, v_heads = vision_width_heads(self.visual, vcfg.head_width)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
@@ -73,13 +72,9 @@ class BaselineCLIP(ReadoutCLIP):
         bottleneck_cfg: dict[str, Any] | BottleneckCfg | None = None,
         codebook_cfg: dict[str, Any] | CodebookCfg | None = None,
         text_pool_cfg: dict[str, Any] | TextPoolCfg | None = None,
-        quick_gelu: bool = False,
-        init_logit_scale: float = np.log(1 / 0.07),
-        init_logit_bias: float | None = None,
-        nonscalar_logit_scale: bool = False,
-        cast_dtype: torch.dtype | None = None,
-        output_dict: bool = False,
+        **clip_options: Any,
     ) -> None:
+        """``**clip_options`` are OpenCLIP's model options (``quick_gelu``, ``init_logit_scale``, ...), passed on."""
         bottleneck = parse_cfg(BottleneckCfg, bottleneck_cfg, "bottleneck_cfg")
         codebook = parse_cfg(CodebookCfg, codebook_cfg, "codebook_cfg")
         text_pool = parse_cfg(TextPoolCfg, text_pool_cfg, "text_pool_cfg")
@@ -96,12 +91,7 @@ class BaselineCLIP(ReadoutCLIP):
             tower_dim=head_dim,
             vision_cfg=vision_dict,
             text_cfg=text_dict,
-            quick_gelu=quick_gelu,
-            init_logit_scale=init_logit_scale,
-            init_logit_bias=init_logit_bias,
-            nonscalar_logit_scale=nonscalar_logit_scale,
-            cast_dtype=cast_dtype,
-            output_dict=output_dict,
+            **clip_options,
         )
         self.bottleneck_cfg, self.codebook_cfg, self.text_pool_cfg = bottleneck, codebook, text_pool
 
