@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import SparoCfg
+from ..config import SparoCfg, parse_cfg
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 READOUTS = ("cls", "sparo")
@@ -23,16 +23,6 @@ READOUTS = ("cls", "sparo")
 def _positive_int(owner: str, name: str, value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{owner}.{name}={value!r} is not valid: expected a positive integer")
-
-
-def _from_dict(cls: type, cfg: dict[str, Any], owner: str) -> Any:
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{owner} must be a JSON object, got {type(cfg).__name__}")
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(cfg) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown {owner} key(s) {unknown}: allowed keys are {allowed}")
-    return cls(**cfg)
 
 
 @dataclass
@@ -87,14 +77,16 @@ class DinoCfg:
                 "dino sparo_cfg is given but readout='cls': drop sparo_cfg or set readout='sparo'"
             )
         if isinstance(self.head, dict):
-            self.head = _from_dict(HeadCfg, self.head, "head")
+            self.head = parse_cfg(HeadCfg, self.head, "head")
         for name in ("global_crop_size", "local_crop_size"):
             _positive_int("dino", name, getattr(self, name))
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> DinoCfg:
         """Build from a JSON-style dict, naming unknown keys and the allowed ones."""
-        return _from_dict(cls, dict(cfg), "dino config")
+        if not isinstance(cfg, dict):
+            raise ValueError(f"dino config must be a JSON object, got {type(cfg).__name__}")
+        return parse_cfg(cls, cfg, "dino config")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
