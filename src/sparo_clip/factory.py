@@ -158,6 +158,34 @@ def _create(build: Any, model_name: str, args: tuple, kwargs: dict[str, Any], ov
         ) from e
 
 
+def checked_load_checkpoint(
+    original: Any, model: torch.nn.Module, checkpoint_path: Any, *args: Any, **kwargs: Any
+):
+    """OpenCLIP's checkpoint load inside ``create_model(pretrained=FILE)``, with one clear error for our models.
+
+    Installed by :func:`sparo_clip.integration.install_checkpoint_hook`. For a sparo_clip model the file is
+    first read weights-only (:func:`checkpoint_tensor_shapes`: one :class:`CheckpointError` line for a missing,
+    empty, text, truncated or unsafe file); a strict load that fails because the tensors do not fit becomes a
+    :class:`CheckpointMismatch` naming the counts and the first names. Other models go to ``original`` as is.
+    """
+    from .base import ReadoutCLIP
+
+    path = Path(os.fspath(checkpoint_path))
+    if not isinstance(model, ReadoutCLIP) or path.suffix in (".npz", ".npy"):
+        return original(model, checkpoint_path, *args, **kwargs)
+    shapes = checkpoint_tensor_shapes(path)
+    try:
+        return original(model, checkpoint_path, *args, **kwargs)
+    except Exception as e:  # noqa: BLE001 (torch's strict load raises RuntimeError; conversions KeyError, ...)
+        report = fit_report(model, shapes)
+        if report is None:  # the tensors fit: the failure is not the checkpoint's
+            raise
+        raise CheckpointMismatch(
+            f"checkpoint {path} does not fit model {type(model).__name__}: {report}; was it saved from another "
+            "model?"
+        ) from e
+
+
 def _fit_report_for(
     model_name: str, kwargs: dict[str, Any], override: dict | None, shapes: dict[str, tuple[int, ...]]
 ) -> str | None:

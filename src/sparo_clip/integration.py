@@ -16,6 +16,7 @@ Two kinds of touch:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sys
 import types
@@ -80,9 +81,31 @@ def install_factory_hook(select_builder: Callable[[dict[str, Any]], Any]) -> Non
             setattr(oc_factory, name, _dispatching_class(current, select_builder))
 
 
+def install_checkpoint_hook(checked_load: Callable[..., Any]) -> None:
+    """Let sparo_clip check the checkpoint files ``open_clip.create_model(pretrained=FILE)`` loads (idempotent).
+
+    OpenCLIP 3.3.0's ``create_model`` loads a checkpoint file through ``open_clip.factory.load_checkpoint``
+    (looked up in that module's namespace at call time), and a zero-byte, text or other-model file ends there
+    in an EOFError, an unpickler message or a long key list. That name becomes a function calling
+    ``checked_load(original, model, checkpoint_path, *args, **kwargs)``, which passes models that are not
+    ours to ``original`` untouched. ``open_clip.load_checkpoint`` (the package-level name) stays the original.
+    """
+    current = oc_factory.load_checkpoint
+    if hasattr(current, _HOOK_ATTR):
+        return
+
+    @functools.wraps(current)
+    def load_checkpoint(model: Any, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+        return checked_load(current, model, checkpoint_path, *args, **kwargs)
+
+    setattr(load_checkpoint, _HOOK_ATTR, current)
+    oc_factory.load_checkpoint = load_checkpoint
+
+
 def hook_installed() -> bool:
-    """Whether :func:`install_factory_hook` is in place."""
-    return all(hasattr(getattr(oc_factory, n), _HOOK_ATTR) for n in ("CLIP", "CustomTextCLIP"))
+    """Whether :func:`install_factory_hook` and :func:`install_checkpoint_hook` are in place."""
+    names = ("CLIP", "CustomTextCLIP", "load_checkpoint")
+    return all(hasattr(getattr(oc_factory, n), _HOOK_ATTR) for n in names)
 
 
 def model_config_path_registered(path: Any) -> bool:

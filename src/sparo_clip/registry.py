@@ -45,7 +45,10 @@ def select_builder(model_cfg: dict[str, Any]) -> Callable[..., Any] | None:
 
 def install_factory_hook() -> None:
     """Install the model-class dispatch into ``open_clip.factory`` (idempotent; see :mod:`.integration`)."""
+    from .factory import checked_load_checkpoint
+
     integration.install_factory_hook(select_builder)
+    integration.install_checkpoint_hook(checked_load_checkpoint)
 
 
 def hook_installed() -> bool:
