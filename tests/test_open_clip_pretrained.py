@@ -14,7 +14,11 @@ from sparo_clip.checkpoints import CheckpointError
 
 @pytest.mark.parametrize(
     "content, match",
-    [(b"", "empty"), (b"this is a text file\n", "not a readable PyTorch checkpoint"), (b"PK\x03\x04", "not a")],
+    [
+        (b"", "empty"),
+        (b"this is a text file\n", "not a readable PyTorch checkpoint"),
+        (b"PK\x03\x04", "not a"),
+    ],
 )
 def test_bad_files_are_one_clear_line(tmp_path, content, match):
     path = tmp_path / "bad.pt"
@@ -27,7 +31,9 @@ def test_bad_files_are_one_clear_line(tmp_path, content, match):
 def test_checkpoint_of_another_model_names_the_mismatch(tmp_path):
     path = tmp_path / "clip.pt"
     torch.save({"state_dict": open_clip.create_model("test-CLIP").state_dict()}, path)
-    with pytest.raises(RuntimeError, match=r"does not fit model SparoCLIP: \d+ missing, \d+ unexpected") as err:
+    with pytest.raises(
+        RuntimeError, match=r"does not fit model SparoCLIP: \d+ missing, \d+ unexpected"
+    ) as err:
         open_clip.create_model_and_transforms("test-SPARO", pretrained=str(path))
     assert "\n" not in str(err.value)
 
