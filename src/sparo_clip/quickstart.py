@@ -271,7 +271,9 @@ def select_slots(model: str, ckpt: str | Path, data: dict[str, Any], out: Path) 
 
 
 def _parameters(model: str) -> int:
-    return sum(p.numel() for p in sparo_clip.create_model(model, device="meta").parameters())
+    from .param_count import count_model_parameters
+
+    return count_model_parameters(model)
 
 
 def run_quickstart(cfg: QuickstartCfg) -> dict[str, Any]:

@@ -146,7 +146,9 @@ class DinoNet(nn.Module):
 
 
 def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+    from ..param_count import count_parameters
+
+    return count_parameters(module)
 
 
 def parity(cfg: DinoCfg) -> dict[str, Any]:
