@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import sys
 import time
@@ -28,7 +27,7 @@ import torch
 from sparo_clip.dino import DinoNet, load_config, parity
 from sparo_clip.dino.lightly_api import require_lightly
 
-from .common import Env, count_flops, interleaved, machine_info, median, peak_tensor_bytes
+from .common import Env, count_flops, interleaved, machine_info, median, peak_tensor_bytes, replace_block
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- dino-benchmark:begin -->", "<!-- dino-benchmark:end -->"
@@ -145,12 +144,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def write_docs(result: dict[str, Any], path: Path) -> None:
     """Replace the DINO block of ``path`` (between its markers) with this result."""
-    doc = path.read_text()
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    if not pattern.search(doc):
-        raise ValueError(f"{path} has no '{BEGIN}' ... '{END}' block to fill")
-    block = f"{BEGIN}\n{markdown(result)}\n{END}"
-    path.write_text(pattern.sub(lambda _: block, doc, count=1))
+    replace_block(path, BEGIN, END, markdown(result))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .common import replace_block
 from .readout_bench import ReadoutShape
 
 BEGIN = "<!-- benchmark-results:begin -->"
@@ -154,9 +154,4 @@ def text_table(result: dict[str, Any]) -> str:
 
 def write_docs(result: dict[str, Any], path: Path) -> None:
     """Replace the block between the result markers of ``path`` with this result."""
-    doc = path.read_text()
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    if not pattern.search(doc):
-        raise ValueError(f"{path} has no '{BEGIN}' ... '{END}' block to fill")
-    block = f"{BEGIN}\n{markdown(result)}\n{END}"
-    path.write_text(pattern.sub(lambda _: block, doc, count=1))
+    replace_block(path, BEGIN, END, markdown(result))

@@ -12,6 +12,23 @@ set -euo pipefail
 
 die() { echo "error: $*" >&2; exit 2; }
 
+# GPUs per node: NUM_GPUS, else what nvidia-smi lists
+num_gpus() {
+  local gpus=${NUM_GPUS:-}
+  if [ -z "$gpus" ]; then
+    command -v nvidia-smi >/dev/null 2>&1 || die "NUM_GPUS is not set and nvidia-smi is not available: set NUM_GPUS"
+    gpus=$(nvidia-smi -L | grep -c '^GPU') || true
+    [ "$gpus" -gt 0 ] || die "no GPU found by nvidia-smi: set NUM_GPUS"
+  fi
+  echo "$gpus"
+}
+
+# the project's Python (PYTHON overrides)
+venv_python() {
+  local here; here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  echo "${PYTHON:-$here/.venv/bin/python}"
+}
+
 sparo_train() {
   local run_name=$1; shift
   local model=$1; shift
@@ -27,15 +44,9 @@ sparo_train() {
   [ -d "$CC3M_DIR" ] || die "CC3M_DIR=$CC3M_DIR is not a directory"
   [ -d "$IMAGENET_VAL" ] || die "IMAGENET_VAL=$IMAGENET_VAL is not a directory"
 
-  local gpus=${NUM_GPUS:-}
-  if [ -z "$gpus" ]; then
-    command -v nvidia-smi >/dev/null 2>&1 || die "NUM_GPUS is not set and nvidia-smi is not available: set NUM_GPUS"
-    gpus=$(nvidia-smi -L | grep -c '^GPU') || true
-    [ "$gpus" -gt 0 ] || die "no GPU found by nvidia-smi: set NUM_GPUS"
-  fi
-
-  local here; here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-  local python=${PYTHON:-$here/.venv/bin/python}
+  local gpus python
+  gpus=$(num_gpus)
+  python=$(venv_python)
   local v2=()
   [ -n "${IMAGENET_V2:-}" ] && v2=(--imagenet-v2 "$IMAGENET_V2")
 

@@ -8,21 +8,17 @@
 # Extra arguments are passed to sparo_clip.dino.train after the recipe's flags (later flags win).
 set -euo pipefail
 
-die() { echo "error: $*" >&2; exit 2; }
+# die, num_gpus, venv_python
+source "$(dirname "${BASH_SOURCE[0]}")/_train_common.sh"
 
 dino_train() {
   local run_name=$1; shift
   local model=$1; shift
   [ -n "${IMAGENET_TRAIN:-}" ] || die "IMAGENET_TRAIN is not set: the ImageNet training folder (1000 class sub-folders)"
   [ -d "$IMAGENET_TRAIN" ] || die "IMAGENET_TRAIN=$IMAGENET_TRAIN is not a directory"
-  local gpus=${NUM_GPUS:-}
-  if [ -z "$gpus" ]; then
-    command -v nvidia-smi >/dev/null 2>&1 || die "NUM_GPUS is not set and nvidia-smi is not available: set NUM_GPUS"
-    gpus=$(nvidia-smi -L | grep -c '^GPU') || true
-    [ "$gpus" -gt 0 ] || die "no GPU found by nvidia-smi: set NUM_GPUS"
-  fi
-  local here; here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-  local python=${PYTHON:-$here/.venv/bin/python}
+  local gpus python
+  gpus=$(num_gpus)
+  python=$(venv_python)
   # DINO ViT-S/16: global batch 1024 (= 8 x 128), 100 epochs, lr 5e-4 x 1024/256, 10 warm-up epochs,
   # wd 0.04 -> 0.4, clip 3.0, teacher momentum 0.996 -> 1, teacher temp 0.04, 2 x 224 + 8 x 96 crops.
   local cmd=(

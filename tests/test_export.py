@@ -10,6 +10,7 @@ from torch import nn
 import sparo_clip
 from sparo_clip.train import main as train_main
 
+from .hf_helpers import save_tiny_bert
 from .train_helpers import base_args, make_shards
 
 FAMILIES = [("test-SPARO", 32), ("test-noncausal-SPARO", 160), ("test-convnext-SPARO", 160)]
@@ -49,17 +50,7 @@ def test_exported_encoders_match_eager(name, size, tokenizer, tmp_path):
     """torch.export needs static shapes: the text tower runs over the whole context (trim_text=false)."""
     override = {"sparo_cfg": {"trim_text": False}}
     if name == "hf":  # a tiny BERT text tower, built offline from a local config
-        from transformers import BertConfig
-
-        BertConfig(
-            vocab_size=49408,
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=128,
-            max_position_embeddings=16,
-            pad_token_id=0,
-        ).save_pretrained(tmp_path)
+        save_tiny_bert(tmp_path)
         name, override["text_cfg"] = (
             "test-SPARO",
             {"hf_model_name": str(tmp_path), "hf_model_pretrained": False},

@@ -13,6 +13,7 @@ from sparo_clip.registry import CONFIG_DIR
 from sparo_clip.towers import TextMaskRule, block_list, text_hidden_states, text_key_mask, text_tokens
 from sparo_clip.train import main as train_main
 
+from .hf_helpers import save_tiny_bert
 from .train_helpers import base_args, make_shards
 
 TIMM_CONFIGS = ["test-noncausal-SPARO", "test-convnext-SPARO"]
@@ -21,19 +22,7 @@ TIMM_CONFIGS = ["test-noncausal-SPARO", "test-convnext-SPARO"]
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     """A tiny BERT config on disk: the Hugging Face text tower is built from it offline."""
-    from transformers import BertConfig
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    BertConfig(
-        vocab_size=49408,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=16,
-        pad_token_id=0,
-    ).save_pretrained(path)
-    return path
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def _hf_override(hf_dir):
