@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import sparo_clip
 from sparo_clip.train import main
 
-from .train_helpers import base_args, first_step_loss, load_shard_samples, make_shards
+from .train_helpers import base_args, first_step_loss, load_shard_samples, make_shards, run_train_cli
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 # deterministic crops (whole image) so that two runs see identical pixels
@@ -24,13 +24,7 @@ SGD = dict(opt="timm/momentum", momentum=0, wd=0)  # update = -lr * gradient
 
 
 def _run(args, timeout=240):
-    return subprocess.run(
-        [sys.executable, "-m", "sparo_clip.train", *args],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=timeout,
-    )
+    return run_train_cli(args, timeout)
 
 
 def _state(logs, name, epoch):

@@ -5,28 +5,19 @@ Every hang is tested on a subprocess with a hard timeout.
 
 import importlib.util
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from sparo_clip.train import main
 
-from .train_helpers import base_args, damage_shard, make_shards, set_captions
+from .train_helpers import base_args, damage_shard, make_shards, run_train_cli, set_captions
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
 def _run(args, timeout=120):
-    """The training CLI in its own process; a hang fails the test at ``timeout``."""
-    return subprocess.run(
-        [sys.executable, "-m", "sparo_clip.train", *args],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=timeout,
-    )
+    return run_train_cli(args, timeout)
 
 
 # ----------------------------------------------------------------------------------------------- data

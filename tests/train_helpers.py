@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -128,3 +131,18 @@ def set_captions(path: Path, caption: str, count: int) -> None:
             if name.endswith(".txt") and done < count:
                 data, done = caption.encode(), done + 1
             _add(tar, name, data)
+
+
+# one thread a process, unbuffered output: the training CLI in a subprocess behaves the same on every machine
+TRAIN_ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+def run_train_cli(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """``python -m sparo_clip.train ARGS`` in its own process; a hang fails the test at ``timeout``."""
+    return subprocess.run(
+        [sys.executable, "-m", "sparo_clip.train", *args],
+        capture_output=True,
+        text=True,
+        env=TRAIN_ENV,
+        timeout=timeout,
+    )
