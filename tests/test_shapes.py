@@ -282,6 +282,15 @@ def test_cli_errors(tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+def test_cli_unwritable_out_is_one_line_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["--small", "--out", str(blocker / "world")]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "cannot be written" in err and len(err.strip().splitlines()) == 1
+    assert blocker.read_text() == "not a folder"
+
+
 def test_cli_writes_and_reports(tmp_path, capsys):
     argv = ["--out", str(tmp_path), "--train-size", "16", "--val-size", "8", "--shards", "2"]
     argv += ["--zeroshot-per-class", "1", "--sugarcrepe-per-task", "2", "--holdout", "red circle,blue star"]

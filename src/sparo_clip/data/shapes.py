@@ -211,6 +211,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_writable(out: Path) -> None:
+    """Raise ValueError naming ``out`` unless the folder can be created and written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(
+            f"--out {out} cannot be written ({e.strerror or e}): choose a writable folder"
+        ) from e
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -241,9 +254,13 @@ def main(argv: list[str] | None = None) -> int:
                 sugarcrepe_val_per_task=args.sugarcrepe_val_per_task,
             )
         )
+        _check_writable(Path(args.out))  # before any image is drawn
         manifest = generate(args.out, world, sizes, force=args.force)
     except ValueError as e:
         print(f"sparo-clip make-data: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. the disk filled up while writing
+        print(f"sparo-clip make-data: error: cannot write under --out {args.out}: {e}", file=sys.stderr)
         return 2
     print(
         json.dumps({"out": args.out, "train": manifest["train"], "held_out": manifest["held_out"]}, indent=2)
