@@ -124,3 +124,13 @@ def test_cli_converts_a_file_that_loads_with_open_clip(tmp_path, capsys):
     torch.testing.assert_close(model.text.token_embedding.weight, state["token_embedding.weight"])
     assert cli_main(["convert", str(src), str(dst), "--model", "tiny-SPARO"]) == 2
     assert "does not match the model's config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, content", [("bad.pt", b"x"), ("empty.pt", b""), ("bad.safetensors", b"")])
+def test_cli_unreadable_file_is_one_line(tmp_path, capsys, name, content):
+    src = tmp_path / name
+    src.write_bytes(content)
+    assert cli_main(["convert", "--model", "test-SPARO", str(src), str(tmp_path / "out.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sparo-clip convert: error: checkpoint") and len(err.splitlines()) == 1
+    assert not (tmp_path / "out.pt").exists()

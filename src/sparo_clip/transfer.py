@@ -69,17 +69,24 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file holds no state dict.
+        ValueError: the file holds no state dict, or cannot be read (a :class:`CheckpointError`: empty,
+            truncated, another format, or objects that would run code on unpickling).
     """
+    from .checkpoints import CheckpointError, load_checkpoint_file
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {e}") from e
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_checkpoint_file(path)  # weights-only; one clear CheckpointError (a ValueError)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
