@@ -10,7 +10,7 @@ import torch
 from open_clip.loss import ClipLoss
 
 import sparo_clip  # noqa: F401  (registers the SPARO configs)
-from sparo_clip.param_count import count_parameters
+from sparo_clip.models.param_count import count_parameters
 
 from .common import Env, captions, count_flops, interleaved, median
 

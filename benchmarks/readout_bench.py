@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from sparo_clip.readout import SparoReadout
+from sparo_clip.models.readout import SparoReadout
 
 from .common import Env, interleaved, median, peak_tensor_bytes
 

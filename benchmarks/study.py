@@ -6,7 +6,7 @@
    learning rate is the one with the best mean validation retrieval (the validation pairs, which show only
    training compositions: the held-out test sets are never used to choose);
 2. at every other budget, each model is trained with its chosen learning rate on every seed;
-3. every run is evaluated like the quickstart (:func:`sparo_clip.quickstart.evaluate`), and docs/study.md
+3. every run is evaluated like the quickstart (:func:`sparo_clip.commands.quickstart.evaluate`), and docs/study.md
    gets mean +- std per metric, the paired SPARO - CLIP difference (same seed) with a t-based 95% interval
    over seeds, a plot per headline metric against steps, and one sentence per metric.
 
@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from sparo_clip import quickstart
-from sparo_clip.quickstart_report import HEADLINE, clean, headline
+from sparo_clip.commands import quickstart
+from sparo_clip.commands.quickstart_report import HEADLINE, clean, headline
 
 from .study_doc import write_study_doc
 
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None, runner: Runner | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="[study] %(message)s")
     out = Path(args.out)
-    from sparo_clip.data.shapes import SizeCfg, generate
+    from sparo_clip.data.generate import SizeCfg, generate
 
     sizes = SizeCfg(**REDUCED_SIZES) if args.reduced_world else SizeCfg()
     data_dir = args.data or ("data/shapes-reduced" if args.reduced_world else "data/shapes")

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sparo_clip.quickstart_report import HEADLINE
+from sparo_clip.commands.quickstart_report import HEADLINE
 
 PAPER_SCALE = (
     "The paper's gains (e.g. SugarCrepe +4%, +9% with slot selection) were measured with ViT-B models trained "

@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.sweep_tiny [--steps 50] [--write-docs]`` trains tiny-SPARO variants (slot count x slot
 width, learning rate) on the shapes world for the same number of steps through the quickstart's
-:func:`~sparo_clip.quickstart.train_model`, evaluates each with :func:`~sparo_clip.quickstart.evaluate`
+:func:`~sparo_clip.commands.quickstart.train_model`, evaluates each with :func:`~sparo_clip.commands.quickstart.evaluate`
 (compositional zero-shot, compositionality on novel scenes, retrieval), prints a table, writes
 ``runs/sweep_tiny/results.json`` and, with ``--write-docs``, fills the measured table into docs/quickstart.md
 between its markers.
@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 import sparo_clip
-from sparo_clip import quickstart
-from sparo_clip.data.shapes import generate
+from sparo_clip.commands import quickstart
+from sparo_clip.data.generate import generate
 
 BEGIN, END = "<!-- sweep-results:begin -->", "<!-- sweep-results:end -->"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "quickstart.md"

@@ -1,7 +1,7 @@
 """Read-out baselines: sparsemax, FDT codebook pooling, text attentional pooling, bottleneck, GAP.
 
 Numerics are checked against float64 numpy references written here from the equations; every baseline
-trains through ``sparo_clip.train`` on generated shards and loads back from its checkpoint.
+trains through ``sparo_clip.training.entry`` on generated shards and loads back from its checkpoint.
 """
 
 import json
@@ -13,9 +13,9 @@ import torch
 from open_clip.loss import ClipLoss
 
 import sparo_clip
-import sparo_clip.baselines  # noqa: F401  (registers the baseline builders)
-from sparo_clip.baselines import BaselineCLIP, CodebookPool, sparsemax
-from sparo_clip.train import main as train_main
+import sparo_clip.models.baselines  # noqa: F401  (registers the baseline builders)
+from sparo_clip.models.baselines import BaselineCLIP, CodebookPool, sparsemax
+from sparo_clip.training.entry import main as train_main
 
 from .test_scripts import recipe_command
 from .train_helpers import base_args, make_shards

@@ -12,7 +12,7 @@ from benchmarks import run as bench_run
 from benchmarks.common import TensorMemory, captions, count_flops
 from benchmarks.readout_bench import naive_readout
 from benchmarks.report import BEGIN, END
-from sparo_clip.readout import SparoReadout, normalize_slots
+from sparo_clip.models.readout import SparoReadout, normalize_slots
 
 from .reference import readout_reference
 

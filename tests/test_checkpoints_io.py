@@ -8,7 +8,8 @@ import pickle
 import pytest
 import torch
 
-from sparo_clip.checkpoints import CheckpointError, atomic_save, load_checkpoint_file, newest_readable
+from sparo_clip.checkpoints.files import atomic_save, load_checkpoint_file, newest_readable
+from sparo_clip.errors import CheckpointError
 
 
 class _RunsCode:

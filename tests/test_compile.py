@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from sparo_clip.readout import SparoReadout
+from sparo_clip.models.readout import SparoReadout
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("c++") or shutil.which("g++") or shutil.which("gcc")),

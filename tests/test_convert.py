@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import sparo_clip
-from sparo_clip.cli import main as cli_main
-from sparo_clip.convert import convert_reference_state_dict
+from sparo_clip.checkpoints.convert import convert_reference_state_dict
+from sparo_clip.commands.cli import main as cli_main
 
 from .reference import readout_reference
 

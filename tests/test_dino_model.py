@@ -83,7 +83,7 @@ def test_missing_lightly_is_one_line_with_the_install_hint(monkeypatch):
 def test_dino_subcommand_prints_parity_and_rejects_unknown_configs(capsys):
     import json
 
-    from sparo_clip import cli
+    from sparo_clip.commands import cli
 
     assert cli.main(["dino", "parity", "tiny_sparo_dino"]) == 0
     assert json.loads(capsys.readouterr().out)["at_parity"] is True

@@ -53,6 +53,7 @@ def reference(images, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # an end-to-end run in its own process(es)
 def test_teacher_has_no_gradients_and_moves_by_ema(reference):
     cfg = load_config("tiny_sparo_dino")
     torch.manual_seed(0)
@@ -77,11 +78,13 @@ def test_teacher_has_no_gradients_and_moves_by_ema(reference):
     assert all(p.grad is None for p in net.parameters())
 
 
+@pytest.mark.slow  # an end-to-end run in its own process(es)
 def test_loss_decreases_on_a_tiny_set(reference):
     loss = _losses(reference)
     assert sum(loss[s] for s in (6, 7, 8)) < sum(loss[s] for s in (1, 2, 3)) - 0.5, loss
 
 
+@pytest.mark.slow  # an end-to-end run in its own process(es)
 def test_two_process_gloo_matches_one_process(images, reference, tmp_path):
     out = tmp_path / "ddp"
     r = _run(["--model", "tiny_sparo_dino", "--train-data", str(images), "--output", str(out), "--batch-size", "2",
@@ -93,6 +96,7 @@ def test_two_process_gloo_matches_one_process(images, reference, tmp_path):
         assert value == pytest.approx(ref[step], rel=1e-4, abs=1e-4), (step, got, ref)
 
 
+@pytest.mark.slow  # an end-to-end run in its own process(es)
 def test_resume_after_kill_continues_from_last_good_checkpoint(images, reference, tmp_path):
     out = tmp_path / "killed"
     args = ["--model", "tiny_sparo_dino", "--train-data", str(images), "--output", str(out), "--batch-size", "4",

@@ -1,4 +1,4 @@
-"""sparo-clip benchmark (sparo_clip.clip_benchmark): CLIP_benchmark's CLI with the SPARO configs registered."""
+"""sparo-clip clip-benchmark (sparo_clip.commands.clip_benchmark_bridge): CLIP_benchmark's CLI with the SPARO configs registered."""
 
 import importlib.util
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparo_clip import clip_benchmark as benchmark
+from sparo_clip.commands import clip_benchmark_bridge as benchmark
 
 from .eval_helpers import MODEL, Reference, png_bytes, save_checkpoint, write_lines, write_tar
 
@@ -42,22 +42,25 @@ def _toy_dataset(tmp_path):
 
 
 @needs_clip_benchmark
-def test_sparo_clip_benchmark_console_command(tmp_path):
-    """``sparo-clip benchmark eval ...`` runs CLIP_benchmark on a SPARO checkpoint (same result as the module)."""
-    from sparo_clip import cli
+def test_sparo_clip_benchmark_console_command(tmp_path, capsys):
+    """``sparo-clip clip-benchmark eval ...`` runs CLIP_benchmark on a SPARO checkpoint (same result as the module,
+    and as the old name ``benchmark``, kept as an alias for one release)."""
+    from sparo_clip.commands import cli
 
     root, ckpt = _toy_dataset(tmp_path), save_checkpoint(tmp_path / "sparo.pt")
     argv = ["eval", "--model", MODEL, "--pretrained", str(ckpt), "--dataset", "wds/toy", "--dataset_root",
             str(root), "--num_workers", "0", "--batch_size", "8", "--no_amp"]  # fmt: skip
-    assert cli.main(["benchmark", *argv, "--output", str(tmp_path / "a.json")]) == 0
+    assert cli.main(["clip-benchmark", *argv, "--output", str(tmp_path / "a.json")]) == 0
     assert benchmark.main([*argv, "--output", str(tmp_path / "b.json")]) == 0
-    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
-    assert a["model"] == MODEL and a["metrics"] == b["metrics"]
+    assert cli.main(["benchmark", *argv, "--output", str(tmp_path / "c.json")]) == 0
+    assert "'benchmark' is now 'clip-benchmark'" in capsys.readouterr().err
+    a, b, c = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "abc")
+    assert a["model"] == MODEL and a["metrics"] == b["metrics"] == c["metrics"]
 
 
 @needs_clip_benchmark
 def test_benchmark_command_refuses_bad_checkpoints_in_one_line(tmp_path, capsys):
-    from sparo_clip import cli
+    from sparo_clip.commands import cli
 
     root = _toy_dataset(tmp_path)
     (tmp_path / "zero.pt").write_bytes(b"")
@@ -72,10 +75,10 @@ def test_benchmark_command_refuses_bad_checkpoints_in_one_line(tmp_path, capsys)
         "--num_workers",
         "0",
     ]
-    assert cli.main(["benchmark", *argv, "--pretrained", str(tmp_path / "zero.pt")]) == 2
+    assert cli.main(["clip-benchmark", *argv, "--pretrained", str(tmp_path / "zero.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        f"sparo-clip benchmark: error: checkpoint {tmp_path / 'zero.pt'} is empty (0 bytes): an interrupted write?"
+        f"sparo-clip clip-benchmark: error: checkpoint {tmp_path / 'zero.pt'} is empty (0 bytes): an interrupted write?"
     ]
     assert benchmark.pretrained_files(["--pretrained", "a.pt", "b.pt", "--x", "1", "--pretrained=c.pt"]) == [
         "a.pt",
@@ -84,6 +87,7 @@ def test_benchmark_command_refuses_bad_checkpoints_in_one_line(tmp_path, capsys)
     ]
 
 
+@pytest.mark.slow  # an end-to-end run in its own process(es)
 @needs_clip_benchmark
 def test_benchmark_command_registers_models_without_site_hooks(tmp_path):
     """CLIP_benchmark alone (a fresh process) does not know the SPARO models: no .pth or import-time trick
@@ -91,12 +95,12 @@ def test_benchmark_command_registers_models_without_site_hooks(tmp_path):
     code = (
         "import clip_benchmark.cli, open_clip, sys\n"
         "print('test-SPARO' in open_clip.list_models())\n"
-        "from sparo_clip import cli\n"
-        "sys.exit(cli.main(['benchmark', '--help']))\n"
+        "from sparo_clip.commands import cli\n"
+        "sys.exit(cli.main(['clip-benchmark', '--help']))\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.startswith("False") and "usage: sparo-clip benchmark" in run.stdout
+    assert run.stdout.startswith("False") and "usage: sparo-clip clip-benchmark" in run.stdout
     site = [Path(p) for p in sys.path if p.endswith("site-packages")]
     pth_imports = [
         ln for d in site for f in d.glob("*.pth") for ln in f.read_text(errors="replace").splitlines()

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from sparo_clip.data.shapes import SizeCfg, generate
+from sparo_clip.data.generate import generate
+from sparo_clip.data.sets import SizeCfg
 from sparo_clip.eval.cli import main as eval_main
 from sparo_clip.eval.gczsl import gczsl_metrics
 from sparo_clip.eval.retrieval import ranks, recalls_from_ranks

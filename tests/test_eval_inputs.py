@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 import sparo_clip
-from sparo_clip import loading, viz
-from sparo_clip.checkpoints import CheckpointError
+from sparo_clip import inputs, viz
+from sparo_clip.errors import CheckpointError, UnreadableImage
 from sparo_clip.eval import cli, select, zeroshot
 from sparo_clip.eval.common import EvalContext
 from sparo_clip.eval.folders import image_folder
@@ -165,7 +165,7 @@ def test_unwritable_output_fails_before_any_work(tmp_path, ckpt, folder, capsys,
     assert f"--output {blocker / 'result.json'}: cannot be written" in _one_line_error(capsys, "sparo-clip")
     images, captions = folder / "data" / "cat", write_lines(tmp_path / "c.txt", ["a", "b", "c"])
     argv = ["--model", MODEL, "--images", str(images), "--captions", str(captions)]
-    monkeypatch.setattr(loading, "load_model", no_work)
+    monkeypatch.setattr("sparo_clip.viz.cli.load_model", no_work)
     assert viz.main([*argv, "--out", str(blocker / "viz")]) == 2
     assert "cannot write into this folder" in _one_line_error(capsys, "sparo-clip viz: error:")
 
@@ -235,8 +235,8 @@ def test_viz_skips_unreadable_images_with_their_captions(tmp_path, ckpt, folder,
 
 def test_read_image_names_the_file_for_each_kind_of_damage(bad_images):
     for path in bad_images:
-        with pytest.raises(loading.UnreadableImage, match=path.name):
-            loading.read_image(path)
+        with pytest.raises(UnreadableImage, match=path.name):
+            inputs.read_image(path)
 
 
 # ------------------------------------------------------------------------------------------ slots, names
@@ -280,15 +280,15 @@ def test_one_slots_parser_rejects_bad_values(tmp_path, value, message):
         path.write_text(json.dumps({"selected_slots": json.loads(value), "num_slots": 4}))
         value = str(path)
     with pytest.raises(ValueError, match=message):
-        loading.parse_slots(value, num_slots=4)
+        inputs.parse_slots(value, num_slots=4)
 
 
 def test_one_slots_parser_reads_files_for_the_right_model(tmp_path):
     path = tmp_path / "sel.json"
     path.write_text(json.dumps({"selected_slots": [3, 1], "num_slots": 8}))
-    assert loading.parse_slots(str(path)) == [3, 1]
+    assert inputs.parse_slots(str(path)) == [1, 3]  # sorted, whatever the order in the file
     with pytest.raises(ValueError, match="selected for a model with 8 slots; this model has 4"):
-        loading.parse_slots(str(path), num_slots=4)
+        inputs.parse_slots(str(path), num_slots=4)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import torch
 
 from sparo_clip import save_pretrained
 from sparo_clip.eval import cli, zeroshot
-from sparo_clip.eval.common import load_context
+from sparo_clip.eval.common import ModelSpec, load_context
 from sparo_clip.eval.folders import imagenet_subset
 from sparo_clip.eval.zeroshot import classification_metrics
 
@@ -106,7 +106,7 @@ def test_folder_eval_matches_independent_computation(folder, ckpt, reference, tm
 
 def test_cached_logits_equal_encoders_with_slots(folder, ckpt, reference):
     args = cli.build_parser().parse_args(_folder_args(folder, ckpt))
-    (cache,) = zeroshot.encode(load_context(args), zeroshot.prepare(args)).values()
+    (cache,) = zeroshot.encode(load_context(ModelSpec.from_args(args)), zeroshot.prepare(args)).values()
     paths = [p for name in sorted(CLASSES) for p in sorted((folder / "data" / name).glob("*.png"))]
     for slots in (None, [1], [0, 3]):
         mask = None if slots is None else torch.tensor([i in slots for i in range(4)])
@@ -180,7 +180,7 @@ def test_imagenet_variants_pick_the_right_logits(imagenet, ckpt, reference, tmp_
     argv += ["--templates", str(root / "templates.txt")]
     result = _run(argv, tmp_path)
     args = cli.build_parser().parse_args(argv)
-    caches = zeroshot.encode(load_context(args), zeroshot.prepare(args))
+    caches = zeroshot.encode(load_context(ModelSpec.from_args(args)), zeroshot.prepare(args))
     wnids = _timm_lines("imagenet_synsets.txt")
     full = reference.classifier(open_clip.IMAGENET_CLASSNAMES, ["a photo of a {c}."])  # (1000, D)
     for variant, counts in layouts.items():

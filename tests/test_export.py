@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import sparo_clip
-from sparo_clip.train import main as train_main
+from sparo_clip.training.entry import main as train_main
 
 from .hf_helpers import save_tiny_bert
 from .train_helpers import base_args, make_shards

@@ -12,7 +12,7 @@ import torch
 
 import sparo_clip
 from sparo_clip import integration
-from sparo_clip.train import _Run, main
+from sparo_clip.training.entry import _Run, main
 
 from .train_helpers import base_args, make_shards
 
@@ -71,6 +71,7 @@ def _weights(logs, name):
     return torch.load(path, weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow  # an end-to-end run in its own process(es)
 def test_two_runs_in_one_process_match_a_run_in_its_own_process(tmp_path):
     data, logs = tmp_path / "data", tmp_path / "logs"
     pattern = make_shards(data, num_shards=2, per_shard=8)

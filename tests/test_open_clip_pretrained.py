@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import sparo_clip  # noqa: F401 (installs the hooks)
-from sparo_clip.checkpoints import CheckpointError
+from sparo_clip.errors import CheckpointError
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import sparo_clip
-from sparo_clip import parity
-from sparo_clip.cli import main as cli_main
-from sparo_clip.registry import CONFIG_DIR
+from sparo_clip.commands import parity as parity_command
+from sparo_clip.commands.cli import main as cli_main
+from sparo_clip.models import parity
+from sparo_clip.models.registry import CONFIG_DIR
 
 
 def _count(name, override=None):
@@ -72,10 +73,10 @@ def test_cli_prints_config_and_both_counts(tmp_path, capsys):
     assert "test-CLIP: 3,385,089 parameters" in err and "reduce_depth 1: 3,294,881 parameters" in err
     target = tmp_path / "cfg.json"
     args = ["test-CLIP", "--L", "2", "--V", "8", "--heads", "1", "--no-share-kv", "--output", str(target)]
-    assert parity.main(args) == 0
+    assert parity_command.main(args) == 0
     written = json.loads(target.read_text())
     assert written["sparo_cfg"]["share_kv"] is False and written["sparo_cfg"]["heads"] == 1
-    assert parity.main(["test-CLIP", "--L", "64", "--V", "64"]) == 2
+    assert parity_command.main(["test-CLIP", "--L", "64", "--V", "64"]) == 2
     assert "error: no reduce_depth" in capsys.readouterr().err
 
 
@@ -87,6 +88,7 @@ def test_registry_bases_are_openai_style_vits():
     assert all(parity.openai_style_vit(open_clip.get_model_config(b)) for b in bases)
 
 
+@pytest.mark.slow  # an end-to-end run in its own process(es)
 def test_generated_registry_is_up_to_date_and_within_budget():
     """model_configs/*-SPARO.json are what the generator writes now, and none exceeds its base."""
     results = parity.generate_registry()
@@ -99,7 +101,7 @@ def test_generated_registry_is_up_to_date_and_within_budget():
     )
     for name, r in results.items():
         assert (CONFIG_DIR / name).read_text() == parity.config_text(r.config), (
-            f"{name} is stale: run python -m sparo_clip.parity --write-registry"
+            f"{name} is stale: run python -m sparo_clip.models.parity --write-registry"
         )
         registered = name.removesuffix(".json")
         assert open_clip.get_model_config(registered) == r.config
@@ -108,11 +110,13 @@ def test_generated_registry_is_up_to_date_and_within_budget():
 
 def test_cli_override_carries_the_tokenizer_ids_a_non_causal_text_tower_needs(capsys):
     non_causal = {"text_cfg": {"no_causal_mask": True, "pool_type": "last"}}
-    assert parity.main(["test-CLIP", "--L", "4", "--V", "16", "--override", json.dumps(non_causal)]) == 2
+    assert (
+        parity_command.main(["test-CLIP", "--L", "4", "--V", "16", "--override", json.dumps(non_causal)]) == 2
+    )
     assert "needs text_cfg.eos_id and text_cfg.pad_id set in the config" in capsys.readouterr().err
     ids = {"text_cfg": {**non_causal["text_cfg"], "pad_id": 1, "eos_id": 1}}
-    assert parity.main(["test-CLIP", "--L", "4", "--V", "16", "--override", json.dumps(ids)]) == 0
+    assert parity_command.main(["test-CLIP", "--L", "4", "--V", "16", "--override", json.dumps(ids)]) == 0
     config = json.loads(capsys.readouterr().out)
     assert config["text_cfg"]["pad_id"] == config["text_cfg"]["eos_id"] == 1
-    assert parity.main(["test-CLIP", "--override", "[1]"]) == 2
+    assert parity_command.main(["test-CLIP", "--override", "[1]"]) == 2
     assert "--override must be a JSON object" in capsys.readouterr().err

@@ -6,8 +6,8 @@ import logging
 import pytest
 import torch
 
-from sparo_clip import quickstart
-from sparo_clip.quickstart_report import HEADLINE, headline
+from sparo_clip.commands import quickstart
+from sparo_clip.commands.quickstart_report import HEADLINE, headline
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +19,7 @@ def run(tmp_path_factory):
     return root, argv
 
 
+@pytest.mark.slow  # an end-to-end run in its own process(es)
 def test_report_leads_with_measured_differences_for_both_models(run):
     root, _ = run
     out = root / "out"
@@ -47,6 +48,7 @@ def test_report_leads_with_measured_differences_for_both_models(run):
     assert pictures and all(p.endswith(".png") for p in pictures)
 
 
+@pytest.mark.slow  # an end-to-end run in its own process(es)
 def test_slots_are_selected_on_validation_never_on_test(run):
     root, _ = run
     summary = json.loads((root / "out" / "results.json").read_text())
@@ -60,6 +62,7 @@ def test_slots_are_selected_on_validation_never_on_test(run):
     assert "## Slot selection" in (root / "out" / "report.md").read_text()
 
 
+@pytest.mark.slow  # an end-to-end run in its own process(es)
 def test_rerun_reuses_data_and_training(run, caplog):
     root, argv = run
     ckpt = root / "out" / "logs" / "SPARO" / "checkpoints" / "epoch_1.pt"
@@ -70,6 +73,7 @@ def test_rerun_reuses_data_and_training(run, caplog):
     assert "reusing" in caplog.text and "up to date" in caplog.text
 
 
+@pytest.mark.slow  # an end-to-end run in its own process(es)
 def test_same_settings_train_the_same_weights(run, tmp_path):
     """Same command and seed, same machine: the same model (the quickstart's numbers follow from it)."""
     root, _ = run

@@ -2,8 +2,8 @@
 
 import torch
 
+from sparo_clip.commands.quickstart_report import _compositional, paired_bootstrap
 from sparo_clip.eval.gczsl import gczsl_metrics
-from sparo_clip.quickstart_report import _compositional, paired_bootstrap
 
 
 def _items(seed: int, signal: float) -> dict:
@@ -49,7 +49,7 @@ def test_paired_bootstrap_tells_a_better_model_apart():
 def test_curve_plot(tmp_path):
     from PIL import Image
 
-    from sparo_clip.quickstart_report import plot_curves
+    from sparo_clip.commands.quickstart_report import plot_curves
 
     results = {}
     for name, signal in (("CLIP", 0.5), ("SPARO", 2.0)):

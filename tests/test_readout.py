@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from sparo_clip.config import SLOT_REPS, SLOT_WEIGHTS
-from sparo_clip.readout import SparoReadout, normalize_slots, select_slots
+from sparo_clip.models.config import SLOT_REPS, SLOT_WEIGHTS
+from sparo_clip.models.readout import SparoReadout, normalize_slots, select_slots
 
 from .reference import readout_reference
 

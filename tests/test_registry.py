@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import sparo_clip
-from sparo_clip import registry
+from sparo_clip import integration
+from sparo_clip.models import registry
 
 PARAM_BUDGETS = {"ViT-B-32-SPARO": ("ViT-B-32", 151_277_313), "ViT-B-16-SPARO": ("ViT-B-16", 149_620_737)}
 
@@ -52,9 +53,9 @@ def test_tokenizer_for_sparo_configs():
 
 
 def test_hook_installed_idempotent_and_dispatches():
-    assert registry.hook_installed()
+    assert integration.hook_installed()
     before = oc_factory.CLIP
-    registry.install_factory_hook()
+    integration.install_factory_hook(registry.select_builder)
     assert oc_factory.CLIP is before  # not wrapped twice
     cfg = open_clip.get_model_config("test-SPARO")
     assert isinstance(oc_factory.CLIP(**cfg), sparo_clip.SparoCLIP)
@@ -63,6 +64,25 @@ def test_hook_installed_idempotent_and_dispatches():
     assert open_clip.__version__ == registry.OPEN_CLIP_VERSION
     # force_custom_text routes through the CustomTextCLIP name: still SPARO
     assert isinstance(open_clip.create_model("test-SPARO", force_custom_text=True), sparo_clip.SparoCLIP)
+
+
+def test_hooked_names_stay_real_classes_for_lookup_and_subclassing():
+    """After the import, open_clip.factory.CLIP still answers attribute lookup and can be subclassed."""
+    assert oc_factory.CLIP.encode_text is open_clip.model.CLIP.encode_text
+    assert issubclass(oc_factory.CLIP, open_clip.model.CLIP)
+    assert oc_factory.CustomTextCLIP.lock_text_tower is open_clip.model.CustomTextCLIP.lock_text_tower
+
+    class Mine(oc_factory.CLIP):  # a third party's subclass is an ordinary class: no dispatch
+        def extra(self) -> str:
+            return "mine"
+
+    cfg = open_clip.get_model_config("test-CLIP")
+    model = Mine(**cfg)
+    assert type(model) is Mine and model.extra() == "mine"
+    assert isinstance(model, open_clip.model.CLIP) and isinstance(model, oc_factory.CLIP)
+    assert not isinstance(open_clip.create_model("test-CLIP"), Mine)
+    # a SPARO config through the stand-in still builds a SparoCLIP, which is not a subclass of CLIP
+    assert not isinstance(oc_factory.CLIP(**open_clip.get_model_config("test-SPARO")), open_clip.model.CLIP)
 
 
 def test_config_files_are_valid_json():

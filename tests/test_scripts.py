@@ -103,6 +103,7 @@ def test_missing_gpu_count_without_nvidia_smi(tmp_path):
     assert r.returncode == 2 and "set NUM_GPUS" in r.stderr
 
 
+@pytest.mark.slow  # an end-to-end run in its own process(es)
 def test_script_runs_end_to_end_through_torchrun(tmp_path):
     """The SPARO script with the recipe, shrunk by extra flags (later flags win), on generated shards."""
     make_shards(tmp_path / "cc12m", num_shards=2, per_shard=4)

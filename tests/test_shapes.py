@@ -11,8 +11,10 @@ import pytest
 import webdataset as wds
 from torchvision.datasets import ImageFolder
 
+from sparo_clip.commands.make_data import main
 from sparo_clip.data.captions import TASKS, make_spec, negative
-from sparo_clip.data.shapes import SizeCfg, generate, main
+from sparo_clip.data.generate import generate
+from sparo_clip.data.sets import SizeCfg
 from sparo_clip.data.world import PALETTE, RELATIONS, SIZES, WorldCfg, relation, sample_scene
 
 SMALL = SizeCfg(
@@ -302,7 +304,7 @@ def test_cli_writes_and_reports(tmp_path, capsys):
 
 
 def test_cli_small_world(tmp_path, capsys):
-    from sparo_clip.data.shapes import SMALL_SIZES
+    from sparo_clip.data.generate import SMALL_SIZES
 
     assert main(["--out", str(tmp_path), "--small"]) == 0
     manifest = json.loads((tmp_path / "dataset.json").read_text())

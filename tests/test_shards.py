@@ -1,10 +1,10 @@
-"""Training shards read with every sample accounted for (sparo_clip.shards, no training)."""
+"""Training shards read with every sample accounted for (sparo_clip.training.shards, no training)."""
 
 import logging
 
 import pytest
 
-from sparo_clip.shards import DataError, PassRules, member_names, probe_shard, shard_samples
+from sparo_clip.training.shards import DataError, PassRules, member_names, probe_shard, shard_samples
 
 from .train_helpers import damage_shard, make_shards, set_captions
 
@@ -35,7 +35,7 @@ def test_each_kind_of_damage_is_named_and_counted(tmp_path, caplog, how, kept, r
     shard = tmp_path / "shard-000.tar"
     if how:
         damage_shard(shard, how)
-    with caplog.at_level(logging.WARNING, logger="sparo_clip.shards"):
+    with caplog.at_level(logging.WARNING, logger="sparo_clip.training.shards"):
         samples, errors = _read([shard, tmp_path / "shard-001.tar"])
     assert len(samples) == kept + 8
     assert all({"png", "txt", "__key__", "__url__"} <= set(s) for s in samples)
@@ -50,7 +50,7 @@ def test_each_kind_of_damage_is_named_and_counted(tmp_path, caplog, how, kept, r
 def test_blank_captions_are_skipped_and_counted(tmp_path, caplog):
     make_shards(tmp_path, num_shards=1, per_shard=8)
     set_captions(tmp_path / "shard-000.tar", " \t", count=3)
-    with caplog.at_level(logging.WARNING, logger="sparo_clip.shards"):
+    with caplog.at_level(logging.WARNING, logger="sparo_clip.training.shards"):
         samples, _ = _read([tmp_path / "shard-000.tar"])
     assert len(samples) == 5
     assert "skipped 3 sample(s) with a blank caption" in caplog.text

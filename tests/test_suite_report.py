@@ -4,9 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # an end-to-end run in its own process(es)
 def test_default_command_prints_time_per_file_and_slowest_tests():
     target = "tests/test_eval_inputs.py::test_encoders_accept_good_slot_selections"
     run = subprocess.run(

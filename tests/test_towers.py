@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import sparo_clip
-from sparo_clip import parity
-from sparo_clip.registry import CONFIG_DIR
-from sparo_clip.towers import TextMaskRule, block_list, text_hidden_states, text_key_mask, text_tokens
-from sparo_clip.train import main as train_main
+from sparo_clip.models import parity
+from sparo_clip.models.registry import CONFIG_DIR
+from sparo_clip.models.towers import TextMaskRule, block_list, text_hidden_states, text_key_mask, text_tokens
+from sparo_clip.training.entry import main as train_main
 
 from .hf_helpers import save_tiny_bert
 from .train_helpers import base_args, make_shards
@@ -279,7 +279,7 @@ def test_lock_means_the_same_on_both_towers(family, hf_dir):
 
 def test_training_checks_a_registered_hf_config_on_the_meta_device(hf_dir):
     """OpenCLIP asks for the HF tower's pretrained weights by default; the pre-training check must not."""
-    from sparo_clip.train import count_params
+    from sparo_clip.training.entry import count_params
 
     cfg = json.loads((CONFIG_DIR / "test-SPARO.json").read_text())
     cfg["text_cfg"]["hf_model_name"] = str(hf_dir)  # no hf_model_pretrained: OpenCLIP's default applies

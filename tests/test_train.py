@@ -1,4 +1,4 @@
-"""Training through open_clip_train's loop via ``sparo_clip.train`` (CPU, tiny configs, generated shards)."""
+"""Training through open_clip_train's loop via ``sparo_clip.training.entry`` (CPU, tiny configs, generated shards)."""
 
 import json
 import os
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import sparo_clip
-from sparo_clip.train import main
+from sparo_clip.training.entry import main
 
 from .train_helpers import base_args, first_step_loss, load_shard_samples, make_shards, run_train_cli
 
@@ -43,6 +43,7 @@ def _local_loss(model, images, texts, rows):
     return ((F.cross_entropy(per_image, labels) + F.cross_entropy(per_text, labels)) / 2).item()
 
 
+@pytest.mark.slow  # an end-to-end run in its own process(es)
 def test_torchrun_two_processes_match_one_process(tmp_path):
     data, logs = tmp_path / "data", tmp_path / "logs"
     pattern = make_shards(data, num_shards=2, per_shard=4)
@@ -83,6 +84,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     assert min(abs(first_step_loss(logs, "two") - v) for v in local) < 2e-4
 
 
+@pytest.mark.slow  # an end-to-end run in its own process(es)
 def test_accum_freq_and_zeroshot_imagenet_in_training(tmp_path):
     from PIL import Image
 
@@ -114,6 +116,7 @@ def test_accum_freq_and_zeroshot_imagenet_in_training(tmp_path):
     assert isinstance(model, sparo_clip.SparoCLIP)
 
 
+@pytest.mark.slow  # an end-to-end run in its own process(es)
 def test_kill_after_first_checkpoint_then_resume_latest(tmp_path):
     data, logs = tmp_path / "data", tmp_path / "logs"
     pattern = make_shards(data, num_shards=2, per_shard=8)
@@ -227,18 +230,17 @@ def test_max_params_within_budget_trains(tmp_path):
     assert "max_params: 3294881" in (tmp_path / "logs" / "budget" / "params.txt").read_text()
 
 
-def test_imagenet_v2_reader_registration_is_idempotent(tmp_path):
-    import importlib
+def test_imagenet_v2_reader_stands_in_for_a_run_only(tmp_path):
+    """ImageNetV2Folder reads the release layout; it is ``imagenetv2_pytorch`` inside a run and nowhere else."""
+    import sys
 
-    from sparo_clip import train as sparo_train
+    from sparo_clip.training.run import ImageNetV2Folder
 
-    sparo_train._provide_imagenet_v2_reader()
-    sparo_train._provide_imagenet_v2_reader()  # a second run in the same process
-    module = importlib.import_module("imagenetv2_pytorch")
+    assert "imagenetv2_pytorch" not in sys.modules  # nothing registers it at import or after a run
     from PIL import Image
 
     for i in (0, 999):
         (tmp_path / "ImageNetV2-matched-frequency" / str(i)).mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(tmp_path / "ImageNetV2-matched-frequency" / str(i) / "x.png")
-    data = module.ImageNetV2Dataset(location=str(tmp_path), transform=None)
+    data = ImageNetV2Folder(location=str(tmp_path), transform=None)
     assert sorted(data.targets) == [0, 999] and len(data) == 2

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from sparo_clip.train import main
+from sparo_clip.training.entry import main
 
 from .train_helpers import base_args, damage_shard, make_shards, run_train_cli, set_captions
 
@@ -23,6 +23,7 @@ def _run(args, timeout=120):
 # ----------------------------------------------------------------------------------------------- data
 
 
+@pytest.mark.slow  # an end-to-end run in its own process(es)
 def test_no_readable_shard_fails_before_work(tmp_path):
     pattern = make_shards(tmp_path / "data", num_shards=2, per_shard=4)
     for shard in sorted((tmp_path / "data").glob("*.tar")):
@@ -34,6 +35,7 @@ def test_no_readable_shard_fails_before_work(tmp_path):
     assert not (tmp_path / "logs" / "none").exists()
 
 
+@pytest.mark.slow  # an end-to-end run in its own process(es)
 def test_shards_unreadable_after_their_first_header_end_the_run_in_bounded_time(tmp_path):
     pattern = make_shards(tmp_path / "data", num_shards=2, per_shard=4)
     for shard in sorted((tmp_path / "data").glob("*.tar")):
@@ -44,6 +46,7 @@ def test_shards_unreadable_after_their_first_header_end_the_run_in_bounded_time(
     assert "shard-000.tar" in r.stderr and "shard-001.tar" in r.stderr
 
 
+@pytest.mark.slow  # an end-to-end run in its own process(es)
 def test_fewer_samples_than_a_batch_fails_before_training(tmp_path):
     pattern = make_shards(tmp_path / "data", num_shards=2, per_shard=5)
     r = _run(base_args(pattern, tmp_path / "logs", "small", batch_size=64, num_samples=10))  # hung before
@@ -55,6 +58,7 @@ def test_fewer_samples_than_a_batch_fails_before_training(tmp_path):
     assert not (tmp_path / "logs" / "small").exists()
 
 
+@pytest.mark.slow  # an end-to-end run in its own process(es)
 @pytest.mark.parametrize("workers", [0, 2])
 def test_fewer_samples_than_a_batch_without_sizes_ends_in_bounded_time(tmp_path, workers):
     pattern = make_shards(tmp_path / "data", num_shards=2, per_shard=5)
@@ -215,6 +219,7 @@ def test_non_finite_loss_stops_before_saving(tmp_path, capsys):
 # ------------------------------------------------------------------------------------ reproducibility
 
 
+@pytest.mark.slow  # an end-to-end run in its own process(es)
 def test_same_command_same_worker_count_same_weights(tmp_path):
     pattern = make_shards(tmp_path / "data", num_shards=4, per_shard=8)
     logs = tmp_path / "logs"

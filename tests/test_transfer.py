@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import sparo_clip
-from sparo_clip.checkpoints import CheckpointError
-from sparo_clip.train import main as train_main
-from sparo_clip.transfer import init_from_checkpoint, read_state_dict
+from sparo_clip.checkpoints.transfer import init_from_checkpoint, read_state_dict
+from sparo_clip.errors import CheckpointError
+from sparo_clip.training.entry import main as train_main
 
 from .test_scripts import _env, _run
 from .train_helpers import base_args, make_shards

@@ -314,9 +314,9 @@ def test_cli_reports_bad_input(shapes_pairs, tmp_path, capsys):
 def test_slots_option_reads_comma_lists_and_select_slots_json(tmp_path):
     from sparo_clip.viz.cli import parse_slots
 
-    assert parse_slots("3, 1,7") == [3, 1, 7]
+    assert parse_slots("3, 1,7") == [1, 3, 7]
     (tmp_path / "sel.json").write_text(json.dumps({"slots": [5, 2], "metric": 0.7}))
-    assert parse_slots(str(tmp_path / "sel.json")) == [5, 2]
+    assert parse_slots(str(tmp_path / "sel.json")) == [2, 5]
     (tmp_path / "select.json").write_text(json.dumps({"selected_slots": [0, 3], "slots": None}))
     assert parse_slots(str(tmp_path / "select.json")) == [0, 3]
     (tmp_path / "bad.json").write_text(json.dumps({"chosen": [1]}))

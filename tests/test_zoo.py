@@ -1,8 +1,8 @@
 """``sparo-clip list``: every SPARO config with its parameter count next to its twin's."""
 
-from sparo_clip import zoo
-from sparo_clip.cli import main as cli_main
-from sparo_clip.parity import model_params
+from sparo_clip.commands import list_models as zoo
+from sparo_clip.commands.cli import main as cli_main
+from sparo_clip.models.parity import model_params
 
 
 def test_list_prints_counts_next_to_the_twins(capsys):

@@ -16,6 +16,7 @@ Two kinds of touch:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import logging
 import sys
@@ -38,16 +39,26 @@ _logger = logging.getLogger(__name__)
 
 
 class _DispatchMeta(type):
-    """Metaclass of the dispatching stand-ins: calling one builds a model, ``isinstance`` sees the original."""
+    """Metaclass of the dispatching stand-ins: calling one builds a model, ``isinstance`` sees the original.
+
+    A stand-in is a real subclass of the original class, so attribute lookup (``open_clip.factory.CLIP.encode_text``)
+    and subclassing work; a user's subclass of a stand-in is an ordinary class (no dispatch).
+    """
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if _HOOK_ATTR not in cls.__dict__:  # a subclass someone derived from the stand-in
+            return super().__call__(*args, **kwargs)
         builder = cls._select_builder(kwargs)
         return (builder or cls._sparo_original)(*args, **kwargs)
 
     def __instancecheck__(cls, obj: Any) -> bool:
+        if _HOOK_ATTR not in cls.__dict__:
+            return super().__instancecheck__(obj)
         return isinstance(obj, cls._sparo_original)
 
     def __subclasscheck__(cls, sub: type) -> bool:
+        if _HOOK_ATTR not in cls.__dict__:
+            return super().__subclasscheck__(sub)
         return issubclass(sub, cls._sparo_original)
 
 
@@ -55,11 +66,12 @@ def _dispatching_class(original: type, select_builder: Callable[[dict[str, Any]]
     namespace = {
         "__doc__": f"{original.__name__}, or the sparo_clip builder named by a config key (sparo_clip hook).",
         "__module__": original.__module__,
+        "__qualname__": original.__qualname__,
         "_sparo_original": original,
         "_select_builder": staticmethod(select_builder),
         _HOOK_ATTR: original,
     }
-    return _DispatchMeta(original.__name__, (), namespace)
+    return _DispatchMeta(original.__name__, (original,), namespace)
 
 
 def install_factory_hook(select_builder: Callable[[dict[str, Any]], Any]) -> None:
@@ -77,7 +89,7 @@ def install_factory_hook(select_builder: Callable[[dict[str, Any]], Any]) -> Non
         )
     for name in ("CLIP", "CustomTextCLIP"):
         current = getattr(oc_factory, name)
-        if not hasattr(current, _HOOK_ATTR):
+        if _HOOK_ATTR not in current.__dict__:
             setattr(oc_factory, name, _dispatching_class(current, select_builder))
 
 
@@ -105,12 +117,49 @@ def install_checkpoint_hook(checked_load: Callable[..., Any]) -> None:
 def hook_installed() -> bool:
     """Whether :func:`install_factory_hook` and :func:`install_checkpoint_hook` are in place."""
     names = ("CLIP", "CustomTextCLIP", "load_checkpoint")
-    return all(hasattr(getattr(oc_factory, n), _HOOK_ATTR) for n in names)
+    return all(_HOOK_ATTR in vars(getattr(oc_factory, n)) for n in names)
+
+
+_CHECKED_BUILD: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "sparo_clip_checked_build", default=None
+)
+
+
+@contextlib.contextmanager
+def checked_build(model_name: str) -> Iterator[None]:
+    """Inside this scope (one ``sparo_clip.create_model(model_name, ...)`` call), the checkpoint hook checks every
+    model's file and names the model as the caller did.
+
+    Outside it, only sparo_clip's own models are checked: a third party's plain OpenCLIP model loads exactly as
+    without ``import sparo_clip``.
+    """
+    token = _CHECKED_BUILD.set(model_name)
+    try:
+        yield
+    finally:
+        _CHECKED_BUILD.reset(token)
+
+
+def checked_build_name() -> str | None:
+    """The model name of the :func:`checked_build` scope this code runs in (None outside one)."""
+    return _CHECKED_BUILD.get()
 
 
 def model_config_path_registered(path: Any) -> bool:
     """Whether ``open_clip.add_model_config(path)`` was called (3.3.0 has no public way to ask; re-adding rescans)."""
     return path in oc_factory._MODEL_CONFIG_PATHS
+
+
+@contextlib.contextmanager
+def command_line(prog: str, argv: list[str]) -> Iterator[None]:
+    """``sys.argv`` as ``[prog, *argv]`` for the scope: to run another tool's CLI whose parser reads sys.argv
+    (CLIP_benchmark 1.6.2's ``clip_benchmark.cli.main`` takes no arguments)."""
+    saved = sys.argv
+    sys.argv = [prog, *argv]
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 # ------------------------------------------------------------------------------------ per-run adaptations
@@ -134,7 +183,7 @@ class ModuleView(types.ModuleType):
 
 @dataclass
 class RunAdapters:
-    """What one open_clip_train run is given in place of its own functions (built by sparo_clip.train).
+    """What one open_clip_train run is given in place of its own functions (built by sparo_clip.training.entry).
 
     Attributes:
         parse_args: replaces ``open_clip_train.main.parse_args`` (gets the original as first argument).
@@ -216,28 +265,19 @@ def _restored_logging() -> Iterator[None]:
                 lg.setLevel(levels.get(name, logging.NOTSET))
 
 
-def install_stand_in_module(name: str, **attrs: Any) -> types.ModuleType | None:
-    """Put a stand-in module into ``sys.modules`` unless the real one is importable (or one is there already).
+@contextlib.contextmanager
+def _stand_in_module(name: str, **attrs: Any) -> Iterator[None]:
+    """A stand-in module in ``sys.modules`` for the scope, unless the real one is importable (or one is there).
 
     open_clip_train 3.3.0 imports ``imagenetv2_pytorch`` (not on PyPI) for ``--imagenet-v2``.
-
-    Returns:
-        the module registered, or None when nothing was registered.
     """
     import importlib.util
 
-    if name in sys.modules or importlib.util.find_spec(name) is not None:
-        return None
-    module = types.ModuleType(name)
-    module.__dict__.update(attrs)
-    sys.modules[name] = module
-    return module
-
-
-@contextlib.contextmanager
-def _stand_in_module(name: str, **attrs: Any) -> Iterator[None]:
-    """:func:`install_stand_in_module` for the scope only."""
-    module = install_stand_in_module(name, **attrs)
+    module = None
+    if name not in sys.modules and importlib.util.find_spec(name) is None:
+        module = types.ModuleType(name)
+        module.__dict__.update(attrs)
+        sys.modules[name] = module
     try:
         yield
     finally:

@@ -13,7 +13,7 @@ import dataclasses
 import random
 from dataclasses import dataclass
 
-from .world import INVERSE, RELATIONS, SIZES, Obj, Scene, WorldCfg, relation
+from sparo_clip.data.world import INVERSE, RELATIONS, SIZES, Obj, Scene, WorldCfg, relation
 
 # Listing phrasings: prefix + "a X", "a X and a Y" or "a X, a Y and a Z".
 LIST_PREFIXES: tuple[str, ...] = ("", "there is ", "a picture of ", "an image with ")

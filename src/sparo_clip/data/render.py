@@ -7,7 +7,7 @@ import math
 
 from PIL import Image, ImageDraw
 
-from .world import BACKGROUND, PALETTE, Obj, Scene, WorldCfg
+from sparo_clip.data.world import BACKGROUND, PALETTE, Obj, Scene, WorldCfg
 
 SUPERSAMPLE = 4  # draw at 4x and box-filter down: smooth edges, same bytes on every run
 PNG_COMPRESS_LEVEL = 6

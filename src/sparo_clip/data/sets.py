@@ -7,19 +7,51 @@ import json
 import random
 import tarfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tqdm.auto import tqdm
 
-from .captions import TASKS, ZEROSHOT_TEMPLATES, caption, task_pair
-from .render import png_bytes, render_scene
-from .world import WorldCfg, composition_name, sample_scene
-
-if TYPE_CHECKING:
-    from .shapes import SizeCfg
+from sparo_clip.data.captions import TASKS, ZEROSHOT_TEMPLATES, caption, task_pair
+from sparo_clip.data.render import png_bytes, render_scene
+from sparo_clip.data.world import WorldCfg, composition_name, sample_scene
 
 GROUPS = ("seen", "novel")  # scenes of training pairs only / scenes with a held-out pair
+
+
+@dataclass(frozen=True)
+class SizeCfg:
+    """How many samples each split gets."""
+
+    train: int = 20000
+    val: int = 500
+    shards: int = 16
+    zeroshot_per_class: int = 20
+    sugarcrepe_per_task: int = 200
+    test: int = 400
+    sugarcrepe_val_per_task: int = 100
+
+    def __post_init__(self) -> None:
+        for name in (
+            "train",
+            "val",
+            "shards",
+            "zeroshot_per_class",
+            "sugarcrepe_per_task",
+            "test",
+            "sugarcrepe_val_per_task",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r} is not valid: expected a positive integer")
+        if self.train < self.shards:
+            raise ValueError(f"train={self.train} must be at least shards={self.shards} (one sample a shard)")
+        for name in ("test", "sugarcrepe_per_task", "sugarcrepe_val_per_task"):
+            if getattr(self, name) < 2:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} must be at least 2: half seen, half novel scenes"
+                )
 
 
 def _rng(seed: int, split: str, index: int) -> random.Random:
@@ -79,7 +111,7 @@ def caption_samples(
 
 def _single_object_scene(world: WorldCfg, comp: tuple[str, str], rng: random.Random):
     """A one-object scene of a given composition (the zero-shot classification images)."""
-    from .world import SIZES, Obj, Scene
+    from sparo_clip.data.world import SIZES, Obj, Scene
 
     size = rng.choice(sorted(SIZES))
     extent = world.size_px(size)

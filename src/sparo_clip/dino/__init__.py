@@ -8,8 +8,9 @@ Training: ``python -m sparo_clip.dino.train`` (torchrun for several processes); 
 ``python -m sparo_clip.dino.quickstart``. lightly (``pip install sparo-clip[dino]``) is needed to train.
 """
 
-from .config import DinoCfg, HeadCfg, list_configs, load_config
-from .model import DinoEncoder, DinoNet, load_encoder, parity
+from sparo_clip.dino import evaluation  # noqa: F401  (registers --model dino:CKPT for the probes)
+from sparo_clip.dino.config import DinoCfg, HeadCfg, list_configs, load_config
+from sparo_clip.dino.model import DinoEncoder, DinoNet, load_encoder, parity
 
 __all__ = [
     "DinoCfg",

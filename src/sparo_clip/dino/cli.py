@@ -17,8 +17,8 @@ COMMANDS = {
 
 
 def parity_main(argv: list[str]) -> int:
-    from .config import list_configs, load_config
-    from .model import parity
+    from sparo_clip.dino.config import list_configs, load_config
+    from sparo_clip.dino.model import parity
 
     if len(argv) != 1 or argv[0] in ("-h", "--help"):
         print(f"usage: sparo-clip dino parity CONFIG  (a JSON file or one of {list_configs()})")

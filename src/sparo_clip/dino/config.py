@@ -1,8 +1,8 @@
 """SPARO-DINO model configuration: one dataclass per concern, registered as JSON files, validated early.
 
 A config names a timm ViT (any ``timm`` ViT name plus keyword overrides), the read-out (``cls``: the class
-token, DINO's own; ``sparo``: our :class:`~sparo_clip.readout.SparoReadout` over all final tokens), the SPARO
-settings (the same :class:`~sparo_clip.config.SparoCfg` as for CLIP), the DINO projection head and the crop
+token, DINO's own; ``sparo``: our :class:`~sparo_clip.models.readout.SparoReadout` over all final tokens), the SPARO
+settings (the same :class:`~sparo_clip.models.config.SparoCfg` as for CLIP), the DINO projection head and the crop
 sizes. Nothing behaves by a config's name: everything comes from its fields.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import SparoCfg, parse_cfg
+from sparo_clip.models.config import SparoCfg, parse_cfg
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 READOUTS = ("cls", "sparo")

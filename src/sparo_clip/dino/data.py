@@ -22,11 +22,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, Sampler
 
+from sparo_clip.errors import DataError
+from sparo_clip.inputs import expand_urls
+
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-
-
-class DataError(ValueError):
-    """Training data that cannot be read as asked (named, with what is allowed)."""
 
 
 def _seed(*parts: object) -> int:
@@ -49,13 +48,9 @@ def seeded_call(fn: Callable, x: object, seed: int) -> object:
 
 def folder_images(root: str | Path) -> list[Path]:
     """Every image under ``root``'s class sub-folders, sorted (ImageNet / ImageFolder layout)."""
-    from ..eval.common import EvalError
-    from ..eval.folders import scan_class_folders
+    from sparo_clip.eval.folders import scan_class_folders
 
-    try:
-        found = scan_class_folders(root, "--train-data")
-    except EvalError as e:
-        raise DataError(str(e)) from e
+    found = scan_class_folders(root, "--train-data")
     return [p for paths in found.values() for p in paths]
 
 
@@ -114,9 +109,7 @@ class StepSampler(Sampler):
 
 def check_shards(pattern: str) -> list[str]:
     """Expand a brace pattern (``::`` joins several) and check the first shard holds images."""
-    import braceexpand
-
-    urls = [u for part in pattern.split("::") for u in braceexpand.braceexpand(part)]
+    urls = expand_urls(pattern)
     missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
     if missing:
         raise DataError(f"--train-data: {len(missing)} of {len(urls)} shard(s) missing, e.g. {missing[0]}")

@@ -1,6 +1,6 @@
 """SPARO-DINO encoder: a timm ViT backbone with a class-token or SPARO read-out, and the DINO network.
 
-The read-out is the project's one :class:`~sparo_clip.readout.SparoReadout`, over all final tokens of the
+The read-out is the project's one :class:`~sparo_clip.models.readout.SparoReadout`, over all final tokens of the
 backbone (class token included, after the backbone's final norm), exactly as for the CLIP image tower; the
 slots are flattened (unit norm overall) and fed to the projection head in place of the class token.
 """
@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import CheckpointError, load_checkpoint_file
-from ..readout import SparoReadout
-from .config import DinoCfg
-from .lightly_api import require_lightly
+from sparo_clip.checkpoints.files import load_checkpoint_file
+from sparo_clip.dino.config import DinoCfg
+from sparo_clip.dino.lightly_api import require_lightly
+from sparo_clip.errors import CheckpointError
+from sparo_clip.models.readout import SparoReadout
+from sparo_clip.models.towers import drop_last_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +37,9 @@ def build_backbone(cfg: DinoCfg) -> nn.Module:
         raise ValueError(f"dino backbone {cfg.backbone!r} with {cfg.backbone_kwargs}: {e}") from e
     if not hasattr(backbone, "blocks") or not hasattr(backbone, "forward_features"):
         raise ValueError(f"dino backbone {cfg.backbone!r} is not a timm VisionTransformer (no .blocks)")
-    drop = cfg.sparo_cfg.reduce_depth if cfg.sparo_cfg is not None else 0
-    depth = len(backbone.blocks)
-    if drop >= depth:
-        raise ValueError(f"sparo_cfg.reduce_depth={drop} must be below the backbone's depth {depth}")
-    if drop:
-        backbone.blocks = backbone.blocks[: depth - drop]
+    drop_last_blocks(
+        backbone, cfg.sparo_cfg.reduce_depth if cfg.sparo_cfg is not None else 0, "dino backbone"
+    )
     return backbone
 
 
@@ -54,12 +53,8 @@ class DinoEncoder(nn.Module):
         width = self.backbone.embed_dim
         self.readout: SparoReadout | None = None
         if cfg.readout == "sparo":
-            s = cfg.sparo_cfg
             tower_heads = self.backbone.blocks[0].attn.num_heads
-            attn_dim, value_dim = s.resolve_dims(width, tower_heads, "vision")
-            self.readout = SparoReadout(
-                width, s.num_slots, s.slot_dim, attn_dim, value_dim, s.heads, s.share_kv, s.slot_norm
-            )
+            self.readout = SparoReadout.from_cfg(cfg.sparo_cfg, width, tower_heads, "vision")
         elif getattr(self.backbone, "cls_token", None) is None:
             raise ValueError(f"dino readout='cls' needs a class token; backbone {cfg.backbone!r} has none")
 
@@ -146,7 +141,7 @@ class DinoNet(nn.Module):
 
 
 def count_params(module: nn.Module) -> int:
-    from ..param_count import count_parameters
+    from sparo_clip.models.param_count import count_parameters
 
     return count_parameters(module)
 

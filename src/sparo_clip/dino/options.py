@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from .config import DinoCfg, load_config
-from .lightly_api import require_lightly
+from sparo_clip.dino.config import DinoCfg, load_config
+from sparo_clip.dino.lightly_api import require_lightly
 
 PRECISIONS = ("fp32", "amp_bf16")
 

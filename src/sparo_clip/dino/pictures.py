@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .. import viz
-from ..eval.image_features import IMAGENET_MEAN, IMAGENET_STD, dino_eval_transform
-from .model import DinoEncoder
+from sparo_clip import viz
+from sparo_clip.dino.evaluation import IMAGENET_MEAN, IMAGENET_STD, dino_eval_transform
+from sparo_clip.dino.model import DinoEncoder
 
 
 @torch.no_grad()

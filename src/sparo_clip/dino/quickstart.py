@@ -23,14 +23,14 @@ from typing import Any
 
 import torch
 
-from ..data.shapes import SizeCfg, generate
-from ..data.world import WorldCfg
-from ..eval import cli as eval_cli
-from . import train as dino_train
-from .config import load_config
-from .model import DinoNet, load_encoder
-from .pictures import slot_attention_png
-from .shapes import probe_sets
+from sparo_clip.data.generate import SizeCfg, generate
+from sparo_clip.data.world import WorldCfg
+from sparo_clip.dino import train as dino_train
+from sparo_clip.dino.config import load_config
+from sparo_clip.dino.model import DinoNet, load_encoder
+from sparo_clip.dino.pictures import slot_attention_png
+from sparo_clip.dino.shapes import probe_sets
+from sparo_clip.eval import cli as eval_cli
 
 ROOT = Path(__file__).resolve().parents[3]
 MODELS = {"CLS-DINO": "tiny_dino", "SPARO-DINO": "tiny_sparo_dino"}
@@ -205,11 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1:
         print(f"--threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads)
     out = Path(args.out)
     if args.fresh and (out / "runs").exists():
         shutil.rmtree(out / "runs")
-    report = run(budget, out, WorldCfg())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)  # for this job only: a caller in the same process gets its own back
+    try:
+        report = run(budget, out, WorldCfg())
+    finally:
+        torch.set_num_threads(threads)
     table = report_table(report["results"])
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(table + "\n")

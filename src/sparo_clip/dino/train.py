@@ -26,12 +26,19 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..checkpoints import atomic_save, newest_readable
-from .config import DinoCfg
-from .data import DataError, MultiCropFolder, MultiCropShards, StepSampler, check_shards, folder_images
-from .lightly_api import require_lightly
-from .model import DinoNet
-from .options import build_parser, check_args, run_config
+from sparo_clip.checkpoints.files import atomic_save, newest_readable
+from sparo_clip.dino.config import DinoCfg
+from sparo_clip.dino.data import (
+    DataError,
+    MultiCropFolder,
+    MultiCropShards,
+    StepSampler,
+    check_shards,
+    folder_images,
+)
+from sparo_clip.dino.lightly_api import require_lightly
+from sparo_clip.dino.model import DinoNet
+from sparo_clip.dino.options import build_parser, check_args, run_config
 
 logger = logging.getLogger("sparo_clip.dino.train")
 

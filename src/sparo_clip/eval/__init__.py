@@ -5,17 +5,27 @@ Command line: ``sparo-clip eval {zeroshot,retrieval,sugarcrepe}`` (:mod:`.cli`) 
 (N, L, V) (a non-SPARO model is one slot of its normalised features) and scores any slot subset on them.
 """
 
-from .common import EvalContext, EvalError, features, load_context, parse_slots, slot_mask
-from .folders import LabelledImages, image_folder, imagenet_subset, imagenet_variant, imagenet_wnids
-from .retrieval import RetrievalCache, recall_metrics
-from .search import backward_elimination, forward_selection, search
-from .similarity import SlotScores
-from .sugarcrepe import SugarCrepeCache
-from .zeroshot import ZeroShotCache, class_slots, classification_metrics
+from sparo_clip.errors import ConfigError
+from sparo_clip.eval.common import EvalContext, ModelSpec, features, load_context
+from sparo_clip.eval.encoders import ImageEncoder, load_image_encoder, register_image_encoder
+from sparo_clip.eval.folders import (
+    LabelledImages,
+    image_folder,
+    imagenet_subset,
+    imagenet_variant,
+    imagenet_wnids,
+)
+from sparo_clip.eval.retrieval import RetrievalCache, recall_metrics
+from sparo_clip.eval.search import backward_elimination, forward_selection, search
+from sparo_clip.eval.similarity import SlotScores
+from sparo_clip.eval.sugarcrepe import SugarCrepeCache
+from sparo_clip.eval.zeroshot import ZeroShotCache, class_slots, classification_metrics
 
 __all__ = [
     "EvalContext",
-    "EvalError",
+    "ImageEncoder",
+    "ModelSpec",
+    "ConfigError",
     "LabelledImages",
     "RetrievalCache",
     "SlotScores",
@@ -31,8 +41,8 @@ __all__ = [
     "imagenet_variant",
     "imagenet_wnids",
     "load_context",
-    "parse_slots",
+    "load_image_encoder",
+    "register_image_encoder",
     "recall_metrics",
     "search",
-    "slot_mask",
 ]

@@ -10,21 +10,21 @@ from typing import Any
 
 import torch
 
-from .common import (
-    EvalError,
-    check_common_args,
+from sparo_clip import inputs
+from sparo_clip.errors import SparoClipError, one_line
+from sparo_clip.eval.common import (
+    ModelSpec,
     common_parser,
     data_info,
     load_context,
-    parse_slots,
     run_info,
     skipped_report,
-    slot_mask,
     write_results,
 )
-from .probe import HELP as PROBE_HELP
-from .probe import add_probe_commands, run_probe
-from .tasks import HELP, ITEM_TASKS, TASKS
+from sparo_clip.eval.probe import HELP as PROBE_HELP
+from sparo_clip.eval.probe import add_probe_commands, run_probe
+from sparo_clip.eval.tasks import HELP, ITEM_TASKS, TASKS
+from sparo_clip.inputs import parse_slots, slot_mask
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,9 +51,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if args.task in PROBE_HELP:
         return run_probe(args)
     module = TASKS[args.task]
-    check_common_args(args)  # options and --output before the data is scanned
+    spec = ModelSpec.from_args(args).resolved()  # options and --output before the data is scanned
+    inputs.check_output_file(args.output)
     data = module.prepare(args)  # layout errors before the model is loaded
-    ctx = load_context(args)
+    ctx = load_context(spec)
     slots = parse_slots(args.slots, ctx.num_slots, ctx.is_sparo)
     caches = module.encode(ctx, data)
     mask = slot_mask(slots, ctx.num_slots)
@@ -66,7 +67,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     skipped = [reason for cache in caches.values() for reason in getattr(cache, "skipped", [])]
     info = {"data": data_info(args, exclude=("save_items",)), "metrics": metrics}
     return (
-        {"task": args.task} | run_info(args, ctx, slots) | info | {"skipped_images": skipped_report(skipped)}
+        {"task": args.task} | run_info(spec, ctx, slots) | info | {"skipped_images": skipped_report(skipped)}
     )
 
 
@@ -81,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         result = evaluate(args)
-    except EvalError as e:
-        print(f"sparo-clip eval {args.task}: error: {e}", file=sys.stderr)
+    except SparoClipError as e:
+        print(f"sparo-clip eval {args.task}: error: {one_line(e)}", file=sys.stderr)
         return 2
     write_results(result, args.output)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -17,18 +18,16 @@ from open_clip_train.precision import get_autocast
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .. import loading
-from ..model import SparoCLIP
-from ..readout import select_slots
+from sparo_clip import inputs
+from sparo_clip.checkpoints import loading
+from sparo_clip.errors import ConfigError, DataError, SparoClipError
+from sparo_clip.models.readout import select_slots
+from sparo_clip.models.sparo import SparoCLIP
 
 logger = logging.getLogger(__name__)
 
 MAX_LISTED_SKIPPED = 20  # skipped files named in a result JSON (the count is always complete)
 PRECISIONS = ("fp32", "amp", "amp_bf16", "amp_bfloat16", "bf16", "fp16", "pure_bf16", "pure_fp16")
-
-
-class EvalError(ValueError):
-    """Bad evaluation input (data layout, options, slot selection); the CLIs report it and exit with 2."""
 
 
 def common_parser(with_slots: bool = True) -> argparse.ArgumentParser:
@@ -60,32 +59,50 @@ def common_parser(with_slots: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def check_common_args(args: argparse.Namespace, registered_model: bool = True) -> None:
-    """Resolve device/precision defaults and reject impossible values before any work is done.
+@dataclass
+class ModelSpec:
+    """The model an evaluation loads and how it runs; the command line builds it (:meth:`from_args`).
 
-    Args:
-        args: the parsed eval options.
-        registered_model: whether ``--model`` names an OpenCLIP model (False for ``dino:CKPT``).
+    Attributes:
+        model: an OpenCLIP model name (SPARO configs, ``local-dir:DIR``, ``hf-hub:org/name``) or an image encoder
+            named by a registered prefix (``dino:CKPT``; :mod:`sparo_clip.eval.encoders`).
+        pretrained: checkpoint file or pretrained tag (None: random weights).
+        precision: OpenCLIP precision name; None: ``amp`` on CUDA, ``fp32`` on the CPU.
+        device: torch device; None: CUDA when available, else the CPU.
+        batch_size: images or texts per forward pass.
+        workers: data loader worker processes.
+        strict: stop at the first unreadable image instead of skipping it with a warning.
     """
-    if args.batch_size < 1:
-        raise EvalError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.workers < 0:
-        raise EvalError(f"--workers must be >= 0, got {args.workers}")
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = loading.check_device(args.device)
-    except ValueError as e:
-        raise EvalError(str(e)) from e
-    if args.precision is None:
-        args.precision = "amp" if device.type == "cuda" else "fp32"
-    try:
+
+    model: str
+    pretrained: str | None = None
+    precision: str | None = None
+    device: str | None = None
+    batch_size: int = 64
+    workers: int = 0
+    strict: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ModelSpec:
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{n: getattr(args, n) for n in names if hasattr(args, n)})
+
+    def resolved(self, registered_model: bool = True) -> ModelSpec:
+        """A copy with device and precision filled in, every value checked (one :class:`ConfigError` line).
+
+        Args:
+            registered_model: whether ``model`` must be an OpenCLIP model (False for a prefixed encoder).
+        """
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        device = inputs.check_device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        precision = self.precision or ("amp" if device.type == "cuda" else "fp32")
         if registered_model:
-            loading.check_model_name(args.model)
-            loading.check_pretrained(args.model, args.pretrained)
-        loading.check_output_file(args.output)
-    except ValueError as e:
-        raise EvalError(str(e)) from e
+            loading.check_model_name(self.model)
+            loading.check_pretrained(self.model, self.pretrained)
+        return dataclasses.replace(self, device=str(device), precision=precision)
 
 
 @dataclass
@@ -177,14 +194,14 @@ class EvalContext:
         for images, index, failures in tqdm(loader, desc=desc, unit="batch"):
             for reason in failures:
                 if self.strict:
-                    raise EvalError(f"{reason} (--strict; without it unreadable images are skipped)")
+                    raise DataError(f"{reason} (--strict; without it unreadable images are skipped)")
                 logger.warning("skipping unreadable image: %s", reason)
                 skipped.append(reason)
             if images is not None:
                 chunks.append(self.image_slots(images))
                 kept += index
         if not chunks:
-            raise EvalError(f"{desc}: no readable images to encode ({len(skipped)} skipped)")
+            raise DataError(f"{desc}: no readable images to encode ({len(skipped)} skipped)")
         return EncodedImages(torch.cat(chunks), kept, skipped)
 
     def encode_dataset(self, dataset: Dataset, desc: str) -> torch.Tensor:
@@ -195,7 +212,7 @@ class EvalContext:
         """
         enc = self.encode_images(dataset, desc)
         if enc.skipped:
-            raise EvalError(
+            raise DataError(
                 f"{desc}: {len(enc.skipped)} unreadable image(s), first: {enc.skipped[0]}; this evaluation "
                 "cannot skip images (other samples refer to them): replace or remove them"
             )
@@ -209,48 +226,23 @@ class EvalContext:
         return torch.cat(chunks)
 
 
-def load_context(args: argparse.Namespace) -> EvalContext:
-    """Build the model, its eval transform and tokenizer (:func:`sparo_clip.loading.load_model`)."""
-    check_common_args(args)
-    if args.pretrained is None and not args.model.startswith(("local-dir:", "hf-hub:")):
-        logger.warning("no --pretrained given: evaluating %s with randomly initialised weights", args.model)
+def load_context(spec: ModelSpec) -> EvalContext:
+    """Build the model, its eval transform and tokenizer (:func:`sparo_clip.checkpoints.loading.load_model`)."""
+    spec = spec.resolved()
+    if spec.pretrained is None and not spec.model.startswith(("local-dir:", "hf-hub:")):
+        logger.warning("no --pretrained given: evaluating %s with randomly initialised weights", spec.model)
     try:
         model, preprocess, tokenizer = loading.load_model(
-            args.model, args.pretrained, precision=args.precision, device=args.device
+            spec.model, spec.pretrained, precision=spec.precision, device=spec.device
         )
-    except ValueError as e:  # CheckpointError included
-        raise EvalError(str(e)) from e
     except (RuntimeError, FileNotFoundError) as e:
-        raise EvalError(f"cannot create model {args.model!r} (pretrained={args.pretrained!r}): {e}") from e
+        if isinstance(e, SparoClipError):
+            raise
+        raise ConfigError(f"cannot create model {spec.model!r} (pretrained={spec.pretrained!r}): {e}") from e
     return EvalContext(
-        model, preprocess, tokenizer, torch.device(args.device), args.precision, args.batch_size, args.workers,
-        getattr(args, "strict", False),
+        model, preprocess, tokenizer, torch.device(spec.device), spec.precision, spec.batch_size, spec.workers,
+        spec.strict,
     )  # fmt: skip
-
-
-def parse_slots(value: str | None, num_slots: int, is_sparo: bool = True) -> list[int] | None:
-    """Resolve ``--slots`` with :func:`sparo_clip.loading.parse_slots`, validated against the model.
-
-    Returns:
-        Sorted slot indices, or None when ``value`` is None (all slots).
-    """
-    if value is None:
-        return None
-    if not is_sparo:
-        raise EvalError("--slots selects SPARO slots; the model is not a SPARO model (it has no slots)")
-    try:
-        return sorted(loading.parse_slots(value, num_slots))
-    except ValueError as e:
-        raise EvalError(str(e)) from e
-
-
-def slot_mask(slots: Sequence[int] | None, num_slots: int) -> torch.Tensor | None:
-    """Slot indices -> (L,) bool mask (None stays None: all slots)."""
-    if slots is None:
-        return None
-    mask = torch.zeros(num_slots, dtype=torch.bool)
-    mask[list(slots)] = True
-    return mask
 
 
 def features(slots: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -280,12 +272,12 @@ def data_info(args: argparse.Namespace, exclude: Sequence[str] = ()) -> dict[str
     return {k: v for k, v in vars(args).items() if k not in shared and v is not None}
 
 
-def run_info(args: argparse.Namespace, ctx: EvalContext, slots: list[int] | None) -> dict[str, Any]:
+def run_info(spec: ModelSpec, ctx: EvalContext, slots: list[int] | None) -> dict[str, Any]:
     """The header every result JSON starts with."""
     return {
-        "model": args.model,
-        "pretrained": args.pretrained,
-        "precision": args.precision,
+        "model": spec.model,
+        "pretrained": spec.pretrained,
+        "precision": ctx.precision,
         "num_slots": ctx.num_slots if ctx.is_sparo else None,
         "slots": slots,
     }

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
-from .common import EvalContext, EvalError
-from .folders import ImageList, is_image, read_templates
-from .gczsl import METRICS, gczsl_metrics
-from .similarity import SlotCache, SlotScores, split_groups
-from .zeroshot import class_slots
+from sparo_clip.errors import DataError
+from sparo_clip.eval.common import EvalContext
+from sparo_clip.eval.folders import ImageList, is_image, read_templates
+from sparo_clip.eval.gczsl import METRICS, gczsl_metrics
+from sparo_clip.eval.similarity import SlotCache, SlotScores, split_groups
+from sparo_clip.eval.zeroshot import class_slots
 
 logger = logging.getLogger(__name__)
 
@@ -63,34 +64,34 @@ def read_compositions(root: str | Path, classes_file: str | Path) -> Composition
     """Read and check the class list and its image folders.
 
     Raises:
-        EvalError: a missing file or folder, a wrong header, a bad split value, duplicate classes, or a data
+        DataError: a missing file or folder, a wrong header, a bad split value, duplicate classes, or a data
             set without images of both seen and unseen compositions.
     """
     root, classes_file = Path(root), Path(classes_file)
     if not root.is_dir():
-        raise EvalError(f"--data {root}: no such directory")
+        raise DataError(f"--data {root}: no such directory")
     if not classes_file.is_file():
-        raise EvalError(f"--classes {classes_file}: no such file")
+        raise DataError(f"--classes {classes_file}: no such file")
     with classes_file.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f, delimiter="\t")
         if tuple(reader.fieldnames or ()) != COLUMNS:
-            raise EvalError(
+            raise DataError(
                 f"--classes {classes_file}: expected the tab-separated header {list(COLUMNS)}, "
                 f"got {reader.fieldnames}"
             )
         rows = list(reader)
     if not rows:
-        raise EvalError(f"--classes {classes_file}: no classes")
+        raise DataError(f"--classes {classes_file}: no classes")
     out = Compositions([], [], [], [], [], [])
     for i, row in enumerate(rows):
         where = f"--classes {classes_file} line {i + 2}"
         if any(not (row[k] or "").strip() for k in COLUMNS):
-            raise EvalError(f"{where}: every column must be filled, got {row}")
+            raise DataError(f"{where}: every column must be filled, got {row}")
         if row["split"] not in SPLITS:
-            raise EvalError(f"{where}: split {row['split']!r} is not valid: expected one of {list(SPLITS)}")
+            raise DataError(f"{where}: split {row['split']!r} is not valid: expected one of {list(SPLITS)}")
         folder = root / row["folder"]
         if not folder.is_dir():
-            raise EvalError(f"{where}: image folder {folder} does not exist")
+            raise DataError(f"{where}: image folder {folder} does not exist")
         images = sorted(p for p in folder.rglob("*") if is_image(p))
         out.paths += images
         out.labels += [i] * len(images)
@@ -100,12 +101,12 @@ def read_compositions(root: str | Path, classes_file: str | Path) -> Composition
         out.unseen.append(row["split"] == "unseen")
     pairs = list(zip(out.attributes, out.objects, strict=True))
     if len(set(pairs)) != len(pairs) or len(set(out.names)) != len(out.names):
-        raise EvalError(
+        raise DataError(
             f"--classes {classes_file}: classes must have distinct names and attribute-object pairs"
         )
     for split in (False, True):
         if not any(out.unseen[label] == split for label in out.labels):
-            raise EvalError(
+            raise DataError(
                 f"--data {root}: no images of {'unseen' if split else 'seen'} compositions; "
                 "generalised compositional zero-shot needs both"
             )
@@ -115,7 +116,7 @@ def read_compositions(root: str | Path, classes_file: str | Path) -> Composition
 def prepare(args: argparse.Namespace) -> Compositions:
     """Check the class list, folders and templates before any model work."""
     if args.data is None or args.classes is None:
-        raise EvalError("no data: give --data DIR and --classes FILE (one image sub-folder per class)")
+        raise DataError("no data: give --data DIR and --classes FILE (one image sub-folder per class)")
     data = read_compositions(args.data, args.classes)
     data.templates = read_templates(args.templates) if args.templates else None
     return data

@@ -19,8 +19,8 @@ import open_clip
 import torch
 from torch.utils.data import Dataset
 
-from ..loading import UnreadableImage, read_image
-from .common import EvalError
+from sparo_clip.errors import DataError, UnreadableImage
+from sparo_clip.inputs import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -75,22 +75,22 @@ def scan_class_folders(root: str | Path, what: str) -> dict[str, list[Path]]:
     """Sub-folder name -> its images (sorted, searched recursively), in sorted sub-folder order.
 
     Raises:
-        EvalError: missing root, no sub-folders, or sub-folders without images.
+        DataError: missing root, no sub-folders, or sub-folders without images.
     """
     root = Path(root)
     if not root.is_dir():
-        raise EvalError(f"{what} {root}: no such directory")
+        raise DataError(f"{what} {root}: no such directory")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subdirs:
         loose = sum(1 for p in root.iterdir() if is_image(p))
         hint = f" ({loose} images lie directly in it)" if loose else ""
-        raise EvalError(
+        raise DataError(
             f"{what} {root}: no class sub-folders{hint}; expected one sub-folder per class holding its images"
         )
     found = {d.name: sorted(p for p in d.rglob("*") if is_image(p)) for d in subdirs}
     empty = [name for name, images in found.items() if not images]
     if empty:
-        raise EvalError(
+        raise DataError(
             f"{what} {root}: class folder(s) without images ({_few(empty)}); "
             f"allowed image extensions: {', '.join(IMAGE_EXTENSIONS)}"
         )
@@ -101,11 +101,11 @@ def read_lines(path: str | Path, what: str) -> list[str]:
     """Non-empty, stripped lines of a text file."""
     path = Path(path)
     if not path.is_file():
-        raise EvalError(f"{what} {path}: no such file")
+        raise DataError(f"{what} {path}: no such file")
     lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     lines = [line for line in lines if line]
     if not lines:
-        raise EvalError(f"{what} {path}: the file is empty")
+        raise DataError(f"{what} {path}: the file is empty")
     return lines
 
 
@@ -114,7 +114,7 @@ def read_templates(path: str | Path) -> list[str]:
     templates = read_lines(path, "--templates")
     bad = [f"line {i + 1}: {t!r}" for i, t in enumerate(templates) if "{c}" not in t]
     if bad:
-        raise EvalError(f"--templates {path}: every template must contain {{c}}; these do not: {_few(bad)}")
+        raise DataError(f"--templates {path}: every template must contain {{c}}; these do not: {_few(bad)}")
     return templates
 
 
@@ -123,7 +123,7 @@ def image_folder(root: str | Path, classnames_file: str | Path) -> LabelledImage
     found = scan_class_folders(root, "--data")
     classnames = read_lines(classnames_file, "--classnames")
     if len(classnames) != len(found):
-        raise EvalError(
+        raise DataError(
             f"--classnames {classnames_file} lists {len(classnames)} class names but --data {root} has "
             f"{len(found)} class sub-folders ({_few(list(found))}); give one name per sub-folder, in sorted order"
         )
@@ -148,7 +148,7 @@ def imagenet_wnids() -> tuple[str, ...]:
 
     wnids = tuple(ImageNetInfo("imagenet-1k").label_names())
     if len(wnids) != len(open_clip.IMAGENET_CLASSNAMES) or list(wnids) != sorted(wnids):
-        raise EvalError(
+        raise DataError(
             "timm's ImageNet-1k synset list is not the 1000 sorted wnids OpenCLIP's class names follow"
         )
     return wnids
@@ -158,15 +158,15 @@ def imagenet_wnids() -> tuple[str, ...]:
 def imagenet_subset(variant: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """(wnids, positions among the 1000 ImageNet classes) of ImageNet-R or ImageNet-A's 200 classes."""
     if variant not in _SUBSET_FILES:
-        raise EvalError(f"no 200-class subset for {variant!r}; subsets exist for {sorted(_SUBSET_FILES)}")
+        raise DataError(f"no 200-class subset for {variant!r}; subsets exist for {sorted(_SUBSET_FILES)}")
     data = pkgutil.get_data("timm.data", f"_info/{_SUBSET_FILES[variant]}")
     if data is None:
-        raise EvalError(f"timm does not ship _info/{_SUBSET_FILES[variant]}: cannot map {variant} classes")
+        raise DataError(f"timm does not ship _info/{_SUBSET_FILES[variant]}: cannot map {variant} classes")
     wnids = tuple(data.decode("utf-8").split())
     position = {w: i for i, w in enumerate(imagenet_wnids())}
     unknown = [w for w in wnids if w not in position]
     if len(wnids) != 200 or unknown:
-        raise EvalError(f"{variant}: expected 200 ImageNet wnids, got {len(wnids)} ({len(unknown)} unknown)")
+        raise DataError(f"{variant}: expected 200 ImageNet wnids, got {len(wnids)} ({len(unknown)} unknown)")
     return wnids, tuple(position[w] for w in wnids)
 
 
@@ -177,7 +177,7 @@ def imagenet_variant(variant: str, root: str | Path) -> LabelledImages:
     V2: sub-folders named by class index, 0..999.
     """
     if variant not in IMAGENET_VARIANTS:
-        raise EvalError(f"unknown ImageNet variant {variant!r}; allowed: {IMAGENET_VARIANTS}")
+        raise DataError(f"unknown ImageNet variant {variant!r}; allowed: {IMAGENET_VARIANTS}")
     what = "--" + variant
     found = scan_class_folders(root, what)
     all_names = list(open_clip.IMAGENET_CLASSNAMES)
@@ -196,7 +196,7 @@ def imagenet_variant(variant: str, root: str | Path) -> LabelledImages:
         classnames, class_index = all_names, list(range(1000))
     unknown = [name for name in found if name not in allowed]
     if unknown:
-        raise EvalError(f"{what} {root}: sub-folders {_few(unknown)} are not {rule}")
+        raise DataError(f"{what} {root}: sub-folders {_few(unknown)} are not {rule}")
     if len(found) < len(allowed):
         logger.warning(
             "%s %s: %d of %d class folders present; scoring over all %d classes",

@@ -7,26 +7,33 @@ from typing import Any
 
 import torch
 
-from .common import EvalError, features, parse_slots, slot_mask
-from .image_features import add_probe_args, encode_paths, folder_pair, load_image_encoder
-from .knn import DEFAULT_KS, DEFAULT_T, accuracy, knn_scores, per_class_accuracy
-from .linear import DEFAULT_WDS, linear_probe
-from .zeroshot import TOP5_MIN_CLASSES
+from sparo_clip import inputs
+from sparo_clip.errors import ConfigError
+from sparo_clip.eval.common import ModelSpec, features
+from sparo_clip.eval.encoders import load_image_encoder
+from sparo_clip.eval.image_features import add_probe_args, encode_paths, folder_pair
+from sparo_clip.eval.knn import DEFAULT_KS, DEFAULT_T, accuracy, knn_scores, per_class_accuracy
+from sparo_clip.eval.linear import DEFAULT_WDS, linear_probe
+from sparo_clip.eval.zeroshot import TOP5_MIN_CLASSES
+from sparo_clip.inputs import parse_slots, slot_mask
 
 HELP = {
     "knn": "weighted kNN on frozen image features (DINO's protocol) over an ImageFolder train/val pair",
     "linear": "linear probe (logistic regression) on frozen image features over an ImageFolder train/val pair",
 }
-MODEL_HELP = " --model also takes dino:CKPT (the teacher encoder of a DINO / SPARO-DINO checkpoint)."
+MODEL_HELP = (
+    " --model also takes PREFIX:FILE for the image encoders other packages register (dino:CKPT: the teacher"
+    " encoder of a DINO / SPARO-DINO checkpoint)."
+)
 
 
 def _floats(value: str, what: str, cast: type = float) -> tuple:
     try:
         items = tuple(cast(v) for v in value.split(",") if v.strip())
     except ValueError as e:
-        raise EvalError(f"{what} {value!r}: expected a comma-separated list of numbers") from e
+        raise ConfigError(f"{what} {value!r}: expected a comma-separated list of numbers") from e
     if not items or any(v <= 0 for v in items):
-        raise EvalError(f"{what} {value!r}: expected positive numbers")
+        raise ConfigError(f"{what} {value!r}: expected positive numbers")
     return items
 
 
@@ -61,24 +68,27 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
     if args.task == "knn":
         ks = _floats(args.k, "--k", int)
         if args.temperature <= 0:
-            raise EvalError(f"--temperature must be > 0, got {args.temperature}")
+            raise ConfigError(f"--temperature must be > 0, got {args.temperature}")
     else:
         wds = _floats(args.wd, "--wd")
         if args.max_iter < 1:
-            raise EvalError(f"--max-iter must be >= 1, got {args.max_iter}")
+            raise ConfigError(f"--max-iter must be >= 1, got {args.max_iter}")
+    inputs.check_output_file(args.output)
     pair = folder_pair(args.train, args.val)  # layout errors before the model is loaded
-    encoder = load_image_encoder(args)
+    spec = ModelSpec.from_args(args)
+    encoder = load_image_encoder(spec)
     slots = parse_slots(args.slots, encoder.num_slots, encoder.is_sparo)
     mask = slot_mask(slots, encoder.num_slots)
-    train = features(encode_paths(encoder, pair.train_paths, args, "train"), mask)
-    val = features(encode_paths(encoder, pair.val_paths, args, "val"), mask)
+    run = {"batch_size": spec.batch_size, "workers": spec.workers, "cache_dir": args.cache_dir}
+    train = features(encode_paths(encoder, pair.train_paths, "train", **run), mask)
+    val = features(encode_paths(encoder, pair.val_paths, "val", **run), mask)
     y_train, y_val = torch.tensor(pair.train_labels), torch.tensor(pair.val_labels)
     num_classes = len(pair.classnames)
     header = {
         "task": args.task,
         "model": args.model,
         "pretrained": args.pretrained,
-        "precision": args.precision,
+        "precision": encoder.identity[-1] if encoder.identity else spec.precision,
         "num_slots": encoder.num_slots if encoder.is_sparo else None,
         "slots": slots,
         "data": {"train": args.train, "val": args.val, "num_train": len(y_train), "num_val": len(y_val)},

@@ -21,9 +21,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
-from .common import EvalContext, EvalError
-from .folders import ImageList
-from .similarity import SlotCache, SlotScores, split_groups
+from sparo_clip.errors import DataError
+from sparo_clip.eval.common import EvalContext
+from sparo_clip.eval.folders import ImageList
+from sparo_clip.eval.similarity import SlotCache, SlotScores, split_groups
+from sparo_clip.inputs import expand_urls, is_local
 
 logger = logging.getLogger(__name__)
 
@@ -75,23 +77,23 @@ def read_csv_pairs(
     """Rows of (image, caption[, group]); rows naming the same image give that image several captions."""
     path = Path(path)
     if not path.is_file():
-        raise EvalError(f"--csv {path}: no such file")
+        raise DataError(f"--csv {path}: no such file")
     sep = codecs.decode(separator, "unicode_escape")
     if len(sep) != 1:
-        raise EvalError(f"--csv-separator must be one character (or an escape like '\\t'), got {separator!r}")
+        raise DataError(f"--csv-separator must be one character (or an escape like '\\t'), got {separator!r}")
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f, delimiter=sep)
         columns = reader.fieldnames or []
         missing = [k for k in (img_key, caption_key) if k not in columns]
         if missing:
-            raise EvalError(
+            raise DataError(
                 f"--csv {path}: no column(s) {missing}; its columns (separator {sep!r}) are {columns}; "
                 "set --csv-img-key / --csv-caption-key / --csv-separator"
             )
         grouped = group_key is not None and group_key in columns
         rows = [(row[img_key], row[caption_key], row[group_key] if grouped else None) for row in reader]
     if not rows:
-        raise EvalError(f"--csv {path}: no rows")
+        raise DataError(f"--csv {path}: no rows")
     index: dict[str, int] = {}
     captions, text_image, groups = [], [], {}
     for image, caption, group in rows:
@@ -99,15 +101,15 @@ def read_csv_pairs(
         text_image.append(index.setdefault(image, len(index)))
         if grouped:
             if not group:
-                raise EvalError(f"--csv {path}: image {image!r} has an empty {group_key!r} column")
+                raise DataError(f"--csv {path}: image {image!r} has an empty {group_key!r} column")
             if groups.setdefault(image, group) != group:
-                raise EvalError(
+                raise DataError(
                     f"--csv {path}: image {image!r} is in two groups ({groups[image]!r}, {group!r})"
                 )
     paths = [(path.parent / p) for p in index]
     missing_files = [str(p) for p in paths if not p.is_file()]
     if missing_files:
-        raise EvalError(
+        raise DataError(
             f"--csv {path}: {len(missing_files)} image file(s) not found, e.g. {missing_files[:3]}"
         )
     image_group = [groups[p] for p in index] if grouped else None
@@ -116,13 +118,11 @@ def read_csv_pairs(
 
 def wds_urls(pattern: str) -> list[str]:
     """Expand ``{a..b}`` shard patterns and check that local shards exist."""
-    from braceexpand import braceexpand
-
-    urls = [u for part in pattern.split("::") for u in braceexpand(part)]
-    local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+    urls = expand_urls(pattern)
+    local = [u for u in urls if is_local(u)]
     missing = [u for u in local if not Path(u).is_file()]
     if missing:
-        raise EvalError(
+        raise DataError(
             f"--wds {pattern}: {len(missing)} of {len(urls)} shard(s) not found, e.g. {missing[:3]}"
         )
     return urls
@@ -142,14 +142,14 @@ class _WdsPairs(IterableDataset):
             where = f"sample {sample.get('__key__')!r} in {sample.get('__url__')}"
             image_key = next((k for k in WDS_IMAGE_KEYS if k in sample), None)
             if image_key is None:
-                raise EvalError(
+                raise DataError(
                     f"--wds: {where} has no image (allowed: {', '.join('.' + k for k in WDS_IMAGE_KEYS)})"
                 )
             if "txt" not in sample:
-                raise EvalError(f"--wds: {where} has no .txt caption")
+                raise DataError(f"--wds: {where} has no .txt caption")
             text = sample["txt"].decode("utf-8")
             if not text.strip():
-                raise EvalError(f"--wds: {where} has an empty .txt caption")
+                raise DataError(f"--wds: {where} has an empty .txt caption")
             with Image.open(io.BytesIO(sample[image_key])) as img:
                 yield self.transform(img.convert("RGB")), text
 
@@ -171,7 +171,7 @@ def read_wds_pairs(ctx: EvalContext, urls: list[str]) -> Pairs:
             num_images += 1
         chunks.append(ctx.image_slots(images))
     if not chunks:
-        raise EvalError(f"--wds: the shards {urls[:3]} hold no samples")
+        raise DataError(f"--wds: the shards {urls[:3]} hold no samples")
     return Pairs(captions, text_image, image_slots=torch.cat(chunks))
 
 
@@ -279,7 +279,7 @@ def prepare(args: argparse.Namespace) -> Pairs | list[str]:
         )
     if args.wds is not None:
         return wds_urls(args.wds)
-    raise EvalError("no data: give --wds SHARDS or --csv FILE")
+    raise DataError("no data: give --wds SHARDS or --csv FILE")
 
 
 def set_data_path(args: argparse.Namespace, path: str) -> argparse.Namespace:

@@ -8,14 +8,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from sparo_clip.inputs import slot_mask
+
 Score = Callable[[torch.Tensor], float]  # (L,) bool mask -> score, higher is better
 METHODS = ("forward", "backward", "both")
-
-
-def _mask(slots: list[int], num_slots: int) -> torch.Tensor:
-    mask = torch.zeros(num_slots, dtype=torch.bool)
-    mask[slots] = True
-    return mask
 
 
 def _step(step: int, action: str, slot: int | None, slots: list[int], score: float) -> dict[str, Any]:
@@ -36,7 +32,7 @@ def _best_change(
     best_slot, best_score = None, float("-inf")
     for j in candidates:
         trial = current + [j] if add else [s for s in current if s != j]
-        value = float(score(_mask(trial, num_slots)))
+        value = float(score(slot_mask(trial, num_slots)))
         bar.update(1)
         if value > best_score:
             best_slot, best_score = j, value
@@ -71,7 +67,7 @@ def backward_elimination(score: Score, num_slots: int, progress: bool = True) ->
     with tqdm(
         total=num_slots * (num_slots + 1) // 2, desc="backward elimination", disable=not progress
     ) as bar:
-        trace = [_step(0, "start", None, current, float(score(_mask(current, num_slots))))]
+        trace = [_step(0, "start", None, current, float(score(slot_mask(current, num_slots))))]
         bar.update(1)
         while len(current) > 1:
             slot, value = _best_change(score, current, list(current), False, num_slots, bar)

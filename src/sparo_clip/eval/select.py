@@ -13,21 +13,22 @@ import logging
 import sys
 from typing import Any
 
-from .cli import setup_logging
-from .common import (
+from sparo_clip import inputs
+from sparo_clip.errors import ConfigError, SparoClipError, one_line
+from sparo_clip.eval.cli import setup_logging
+from sparo_clip.eval.common import (
     EvalContext,
-    EvalError,
-    check_common_args,
+    ModelSpec,
     common_parser,
     data_info,
     load_context,
     run_info,
     skipped_report,
-    slot_mask,
     write_results,
 )
-from .search import METHODS, search
-from .tasks import DEFAULT_METRIC, HELP, TASKS
+from sparo_clip.eval.search import METHODS, search
+from sparo_clip.eval.tasks import DEFAULT_METRIC, HELP, TASKS
+from sparo_clip.inputs import slot_mask
 
 logger = logging.getLogger(__name__)
 SEARCH_OPTIONS = ("metric", "method", "val_fraction", "seed", "test_split")
@@ -72,30 +73,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _split(args: argparse.Namespace) -> tuple[EvalContext, tuple[Any, Any], dict[str, Any]]:
+def _split(args: argparse.Namespace) -> tuple[EvalContext, tuple[Any, Any], dict[str, Any], ModelSpec]:
     """Check the data, load the model, encode, and return the validation and test caches."""
     module = TASKS[args.task]
-    check_common_args(args)  # options and --output before the data is scanned
+    spec = ModelSpec.from_args(args).resolved()  # options and --output before the data is scanned
+    inputs.check_output_file(args.output)
     if args.task == "zeroshot" and len(module.data_specs(args)) != 1:
-        raise EvalError("select-slots zeroshot takes exactly one dataset (--data or one --imagenet-* folder)")
+        raise ConfigError(
+            "select-slots zeroshot takes exactly one dataset (--data or one --imagenet-* folder)"
+        )
     data = module.prepare(args)
     test_data = module.prepare(module.set_data_path(args, args.test_split)) if args.test_split else None
-    ctx = load_context(args)
+    ctx = load_context(spec)
     if not ctx.is_sparo:
-        raise EvalError(f"select-slots needs a SPARO model; {args.model!r} has no slots")
+        raise ConfigError(f"select-slots needs a SPARO model; {args.model!r} has no slots")
     (cache,) = module.encode(ctx, data).values()
     if test_data is not None:
         (test,) = module.encode(ctx, test_data).values()
-        return ctx, (cache, test), {"test_split": args.test_split}
+        return ctx, (cache, test), {"test_split": args.test_split}, spec
     val, test = cache.split(args.val_fraction, args.seed)
-    return ctx, (val, test), {"val_fraction": args.val_fraction, "seed": args.seed}
+    return ctx, (val, test), {"val_fraction": args.val_fraction, "seed": args.seed}, spec
 
 
 def select(args: argparse.Namespace) -> dict[str, Any]:
-    ctx, (val, test), split = _split(args)
+    ctx, (val, test), split, spec = _split(args)
     metric, num_slots = args.metric, ctx.num_slots
     if metric not in val.metrics(None):
-        raise EvalError(
+        raise ConfigError(
             f"--metric {metric}: not measured on this data; available: {sorted(val.metrics(None))}"
         )
     fast = val.prepare_search(ctx.device)
@@ -106,7 +110,7 @@ def select(args: argparse.Namespace) -> dict[str, Any]:
         logger.info("selected slots score below all slots on direct recomputation: keeping all slots")
         chosen, chosen_by, sel_val = list(range(num_slots)), "all", all_val
     all_test, sel_test = test.metrics(None), test.metrics(slot_mask(chosen, num_slots))
-    info = run_info(args, ctx, None)
+    info = run_info(spec, ctx, None)
     info.pop("slots")
     return (
         {"task": args.task, "metric": metric, "method": args.method}
@@ -133,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         result = select(args)
-    except EvalError as e:
-        print(f"sparo-clip select-slots {args.task}: error: {e}", file=sys.stderr)
+    except SparoClipError as e:
+        print(f"sparo-clip select-slots {args.task}: error: {one_line(e)}", file=sys.stderr)
         return 2
     write_results(result, args.output, omit_from_stdout=("trace",))
     return 0

@@ -6,7 +6,8 @@ import dataclasses
 
 import torch
 
-from .common import EvalError, features
+from sparo_clip.errors import DataError
+from sparo_clip.eval.common import features
 
 # Per-slot partial products are kept for the slot search when they hold at most this many elements.
 MAX_PART_ELEMENTS = 2**27
@@ -88,10 +89,10 @@ def split_groups(
     Each group sends ``round(val_fraction * size)`` of its members to validation.
 
     Raises:
-        EvalError: if ``val_fraction`` is not in (0, 1) or either split ends up empty.
+        DataError: if ``val_fraction`` is not in (0, 1) or either split ends up empty.
     """
     if not 0.0 < val_fraction < 1.0:
-        raise EvalError(f"--val-fraction must lie strictly between 0 and 1, got {val_fraction}")
+        raise DataError(f"--val-fraction must lie strictly between 0 and 1, got {val_fraction}")
     gen = torch.Generator().manual_seed(seed)
     val, test = [], []
     for g in torch.unique(groups).tolist():
@@ -102,7 +103,7 @@ def split_groups(
         test.append(members[n_val:])
     val_idx, test_idx = torch.cat(val).sort().values, torch.cat(test).sort().values
     if len(val_idx) == 0 or len(test_idx) == 0:
-        raise EvalError(
+        raise DataError(
             f"{what}: --val-fraction {val_fraction} leaves an empty {'validation' if len(val_idx) == 0 else 'test'} "
             f"split of {len(groups)} items; use more data, another fraction, or --test-split"
         )

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from .common import EvalContext, EvalError
-from .folders import ImageList
-from .similarity import SlotCache, SlotScores, split_groups
+from sparo_clip.errors import DataError
+from sparo_clip.eval.common import EvalContext
+from sparo_clip.eval.folders import ImageList
+from sparo_clip.eval.similarity import SlotCache, SlotScores, split_groups
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 def prepare(args: argparse.Namespace) -> Items:
     """Read and check the task files and their images."""
     if args.root is None:
-        raise EvalError("no data: give --root DIR (SugarCrepe's <task>.json files)")
+        raise DataError("no data: give --root DIR (SugarCrepe's <task>.json files)")
     return read_items(args.root, args.image_dir)
 
 
@@ -64,15 +65,15 @@ def read_items(root: str | Path, image_dir: str | Path | None = None) -> Items:
     """Read every task file present among the seven; check their entries and that their images exist."""
     root = Path(root)
     if not root.is_dir():
-        raise EvalError(f"--root {root}: no such directory")
+        raise DataError(f"--root {root}: no such directory")
     image_dir = Path(image_dir) if image_dir is not None else root / "images"
     if not image_dir.is_dir():
-        raise EvalError(
+        raise DataError(
             f"--image-dir {image_dir}: no such directory (the COCO images SugarCrepe's files name)"
         )
     tasks = [t for t in TASKS if (root / f"{t}.json").is_file()]
     if not tasks:
-        raise EvalError(
+        raise DataError(
             f"--root {root}: none of SugarCrepe's task files found; expected some of {[t + '.json' for t in TASKS]}"
         )
     index: dict[str, int] = {}
@@ -83,28 +84,28 @@ def read_items(root: str | Path, image_dir: str | Path | None = None) -> Items:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
-            raise EvalError(f"{path}: not valid JSON ({e})") from e
+            raise DataError(f"{path}: not valid JSON ({e})") from e
         if not isinstance(data, dict) or not data:
-            raise EvalError(f"{path}: expected a non-empty object of id -> {{{', '.join(ITEM_KEYS)}}}")
+            raise DataError(f"{path}: expected a non-empty object of id -> {{{', '.join(ITEM_KEYS)}}}")
         for key, entry in data.items():
             if not isinstance(entry, dict) or any(k not in entry for k in ITEM_KEYS):
-                raise EvalError(f"{path}: entry {key!r} must have the keys {list(ITEM_KEYS)}, got {entry!r}")
+                raise DataError(f"{path}: entry {key!r} must have the keys {list(ITEM_KEYS)}, got {entry!r}")
             items.item_image.append(index.setdefault(entry["filename"], len(index)))
             items.captions.append(entry["caption"])
             items.negatives.append(entry["negative_caption"])
             items.item_task.append(task_id)
             group = entry.get("group")
             if group is not None and (not isinstance(group, str) or not group):
-                raise EvalError(f"{path}: entry {key!r} has group {group!r}; expected a non-empty string")
+                raise DataError(f"{path}: entry {key!r} has group {group!r}; expected a non-empty string")
             groups.append(group)
     if any(g is not None for g in groups):
         if None in groups:
-            raise EvalError(f"--root {root}: some items have a 'group' and some do not; give every item one")
+            raise DataError(f"--root {root}: some items have a 'group' and some do not; give every item one")
         items.item_group = [str(g) for g in groups]
     items.image_paths = [image_dir / name for name in index]
     missing = [str(p) for p in items.image_paths if not p.is_file()]
     if missing:
-        raise EvalError(
+        raise DataError(
             f"--image-dir {image_dir}: {len(missing)} image(s) named by the task files are missing, e.g. {missing[:3]}"
         )
     return items

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import compositional, retrieval, sugarcrepe, zeroshot
+from sparo_clip.eval import compositional, retrieval, sugarcrepe, zeroshot
 
 TASKS: dict[str, ModuleType] = {
     "zeroshot": zeroshot,

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 import open_clip
 import torch
 
-from .common import EvalContext, EvalError
-from .folders import (
+from sparo_clip.errors import DataError
+from sparo_clip.eval.common import EvalContext
+from sparo_clip.eval.folders import (
     IMAGENET_VARIANTS,
     ImageList,
     LabelledImages,
@@ -19,7 +20,7 @@ from .folders import (
     imagenet_variant,
     read_templates,
 )
-from .similarity import SlotCache, SlotScores, split_groups
+from sparo_clip.eval.similarity import SlotCache, SlotScores, split_groups
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +60,11 @@ def data_specs(args: argparse.Namespace) -> list[tuple[str, str]]:
     specs = [(v, getattr(args, v.replace("-", "_"))) for v in IMAGENET_VARIANTS]
     specs = [(name, path) for name, path in specs if path is not None]
     if (args.data is None) != (args.classnames is None):
-        raise EvalError("--data and --classnames go together: a folder and its class names")
+        raise DataError("--data and --classnames go together: a folder and its class names")
     if args.data is not None:
         specs.append(("folder", args.data))
     if not specs:
-        raise EvalError(
+        raise DataError(
             f"no data: give --data DIR --classnames FILE and/or one of {['--' + v for v in IMAGENET_VARIANTS]}"
         )
     return specs

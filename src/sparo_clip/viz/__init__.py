@@ -2,7 +2,9 @@
 
 Data API (for notebooks)::
 
-    from sparo_clip import loading, viz
+    from sparo_clip import viz
+
+    from sparo_clip.checkpoints.files import loading
 
     model, preprocess, tokenizer = loading.load_model("tiny-SPARO", "ckpt.pt")
     readout = viz.compute_readout(model, images, captions, tokenizer)
@@ -14,8 +16,8 @@ Data API (for notebooks)::
 Command line: ``sparo-clip viz --help`` (:func:`main`).
 """
 
-from .cli import main
-from .figures import (
+from sparo_clip.viz.cli import main
+from sparo_clip.viz.figures import (
     draw_tokens,
     gallery_figure_layout,
     overlay,
@@ -23,7 +25,7 @@ from .figures import (
     render_pair,
     render_slot_gallery,
 )
-from .samples import (
+from sparo_clip.viz.samples import (
     SlotReadout,
     attention_maps,
     caption_tokens,

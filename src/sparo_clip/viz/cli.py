@@ -21,9 +21,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..loading import UnreadableImage, check_device, check_output_folder, load_model, parse_slots, read_image
-from .figures import render_pair, render_slot_gallery
-from .samples import SlotReadout, compute_readout
+from sparo_clip.checkpoints.loading import load_model
+from sparo_clip.errors import UnreadableImage
+from sparo_clip.inputs import check_device, check_output_folder, parse_slots, read_image
+from sparo_clip.viz.figures import render_pair, render_slot_gallery
+from sparo_clip.viz.samples import SlotReadout, compute_readout
 
 logger = logging.getLogger(__name__)
 

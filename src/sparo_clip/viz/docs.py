@@ -15,8 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..loading import check_output_folder
-from .cli import main as viz_main
+from sparo_clip.inputs import check_output_folder
+from sparo_clip.viz.cli import main as viz_main
 
 DOC_FILES = ("pair_1.png", "pair_2.png", "slot_rank_1.png", "slot_rank_2.png")
 

@@ -19,7 +19,7 @@ from matplotlib.colors import LinearSegmentedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 
-from .samples import EOT_LABEL, SOT_LABEL, SlotReadout, display_map, map_to_pixels
+from sparo_clip.viz.samples import EOT_LABEL, SOT_LABEL, SlotReadout, display_map, map_to_pixels
 
 HEAT_ALPHA = 0.8  # opacity of the red overlay at the strongest patch
 _GREY, _RED = np.array([0.5, 0.5, 0.5]), np.array([1.0, 0.0, 0.0])

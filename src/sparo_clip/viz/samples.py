@@ -323,7 +323,7 @@ def compute_readout(
         batch_size: pairs per forward pass.
         device: where to run the model.
     """
-    from ..model import SparoCLIP
+    from sparo_clip.models.sparo import SparoCLIP
 
     if not isinstance(model, SparoCLIP):
         raise ValueError(

@@ -1,0 +1,1 @@
+"""The ``sparo-clip`` command and the sub-commands that are not one package's own interface."""

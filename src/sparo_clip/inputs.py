@@ -1,0 +1,192 @@
+"""What commands read from a user besides models and checkpoints: image files, slot selections, shard lists,
+output paths and devices. Each reader checks its input and fails with one line naming the file or value and
+what is allowed, before any work starts.
+
+- :func:`read_image`: one image file as RGB, or :class:`~sparo_clip.errors.UnreadableImage` naming the file
+  (corrupt, truncated, not an image, or a decompression bomb by PIL's pixel limit).
+- :func:`parse_slots`: ``--slots`` as a comma list (``0,3,7``) or a JSON file written by ``select-slots``;
+  :func:`slot_mask` turns the indices into the (L,) mask the read-out takes.
+- :func:`expand_urls`: a ``::``-joined, brace-expanded shard or file list (``train-{000..015}.tar``).
+- :func:`check_output_file`, :func:`check_output_folder`, :func:`check_device`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from sparo_clip.errors import ConfigError, UnreadableImage
+
+SLOT_FILE_KEYS = ("selected_slots", "slots")  # select-slots writes the first
+
+
+def read_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Open and fully decode an image as RGB.
+
+    PIL's decompression-bomb warning (more than ``Image.MAX_IMAGE_PIXELS`` pixels) counts as unreadable too:
+    such a file can exhaust memory when decoded.
+
+    Raises:
+        UnreadableImage: naming the file and why.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return img.convert("RGB")  # convert() decodes every pixel: truncation shows up here
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UnreadableImage(path, f"decompression bomb ({e})") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # UnidentifiedImageError is an OSError
+        raise UnreadableImage(path, f"{type(e).__name__}: {e}") from e
+
+
+def parse_slots(value: str | None, num_slots: int | None = None, is_sparo: bool = True) -> list[int] | None:
+    """Resolve ``--slots``: a comma list of slot indices or a JSON file from select-slots.
+
+    Args:
+        value: ``"0,3,7"``, or a JSON file holding ``{"selected_slots": [...]}`` (or ``"slots"``), with an
+            optional ``"num_slots"`` checked against the model. None: all slots.
+        num_slots: the model's slot count; when given, indices must lie in ``0..num_slots-1``.
+        is_sparo: whether the model has slots at all (a selection for a model without is refused).
+
+    Returns:
+        The slot indices, sorted, or None when ``value`` is None (all slots).
+
+    Raises:
+        ConfigError: not a file and not a list of integers, an empty list, a non-integer (``1.5``), a
+            duplicate, an index out of range, or a file selected for a model with another slot count.
+    """
+    if value is None:
+        return None
+    if not is_sparo:
+        raise ConfigError("--slots selects SPARO slots; the model is not a SPARO model (it has no slots)")
+    if value.endswith(".json") or os.path.isfile(value):
+        items = _slots_from_file(value, num_slots)
+    else:
+        items = [s.strip() for s in value.split(",") if s.strip()]
+        if not items:
+            raise ConfigError(f"--slots {value!r}: neither a file nor a comma-separated list of slot indices")
+    slots = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, str)):
+            raise ConfigError(f"--slots {value!r}: slot indices must be integers, got {item!r}")
+        try:
+            slots.append(int(item))
+        except ValueError as e:
+            raise ConfigError(
+                f"--slots {value!r}: no such file, and not a comma-separated list of integer slot indices like "
+                f"0,3,7 (slot indices must be integers; {item!r} is not)"
+            ) from e
+    if not slots:
+        raise ConfigError(f"--slots {value!r}: the selection is empty; select at least one slot")
+    duplicates = sorted({s for s in slots if slots.count(s) > 1})
+    if duplicates:
+        raise ConfigError(f"--slots {value!r}: slot(s) {duplicates} given more than once")
+    if num_slots is not None:
+        bad = [s for s in slots if not 0 <= s < num_slots]
+        if bad:
+            raise ConfigError(
+                f"--slots: indices {bad} out of range; this model's slots are 0..{num_slots - 1}"
+            )
+    return sorted(slots)
+
+
+def slot_mask(slots: Sequence[int] | None, num_slots: int) -> torch.Tensor | None:
+    """Slot indices -> (L,) bool mask (None stays None: all slots)."""
+    if slots is None:
+        return None
+    mask = torch.zeros(num_slots, dtype=torch.bool)
+    mask[list(slots)] = True
+    return mask
+
+
+def is_local(url: str) -> bool:
+    """Whether a shard URL names a local file (not ``s3://...``, ``pipe:...``)."""
+    return "://" not in url and not url.startswith("pipe:")
+
+
+def expand_urls(spec: str) -> list[str]:
+    """The files a ``::``-joined, brace-expanded list names (``a-{000..003}.tar::b.tar`` -> 5 names)."""
+    from braceexpand import braceexpand
+
+    return [u for part in spec.split("::") if part.strip() for u in braceexpand(part.strip())]
+
+
+def _slots_from_file(path: str, num_slots: int | None) -> list[Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--slots {path}: cannot read it as JSON ({e})") from e
+    key = next((k for k in SLOT_FILE_KEYS if isinstance(data, dict) and isinstance(data.get(k), list)), None)
+    if key is None:
+        raise ConfigError(
+            f"--slots {path}: expected a JSON object with a list of slot ids under {SLOT_FILE_KEYS} "
+            "(select-slots writes 'selected_slots')"
+        )
+    if num_slots is not None and data.get("num_slots", num_slots) != num_slots:
+        raise ConfigError(
+            f"--slots {path} was selected for a model with {data['num_slots']} slots; this model has {num_slots}"
+        )
+    return data[key]
+
+
+def check_output_file(path: str | os.PathLike[str] | None, option: str = "--output") -> None:
+    """Fail now, not after the work, when ``path`` cannot be written (its folder is created if missing).
+
+    Raises:
+        ConfigError: naming the path and the reason.
+    """
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path}: is a folder; give a file name")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{option} {path}: cannot be written ({e.strerror or e})") from e
+    if not existed:
+        path.unlink()
+
+
+def check_output_folder(path: str | os.PathLike[str], option: str = "--out") -> None:
+    """Fail now, not after the work, when files cannot be written into the folder ``path`` (created if missing).
+
+    Raises:
+        ConfigError: naming the folder and the reason.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path}: is a file; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-check-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{option} {path}: cannot write into this folder ({e.strerror or e})") from e
+
+
+def check_device(device: str, option: str = "--device") -> torch.device:
+    """The torch device named by ``device``; ConfigError when it is not one or is not available here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"{option} {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{option} {device}: CUDA is not available here; use {option} cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"{option} {device}: there are {torch.cuda.device_count()} CUDA devices here")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{option} {device}: MPS is not available here; use {option} cpu")
+    return dev

@@ -1,0 +1,215 @@
+"""The one way a model is built: ``sparo_clip.create_model`` and OpenCLIP's factory take the same path.
+
+::
+
+    sparo_clip.create_model(name, pretrained=FILE, override_config=...)      open_clip.create_model(name, ...)
+        | resolves the config (registered, local-dir:, hf-hub:) + override            |  (third-party callers)
+        +--------------------------> open_clip.create_model <------------------------+
+                                       | picks CLIP / CustomTextCLIP, calls it with the config
+                                       v
+                      open_clip.factory.CLIP / CustomTextCLIP  (stand-ins, sparo_clip.integration)
+                                       | build_model(config): the class named by the config's keys
+                                       v                      (sparo_cfg -> SparoCLIP, baselines' keys)
+                      SparoCLIP / BaselineCLIP / OpenCLIP's own class
+                                       | pretrained FILE
+                                       v
+                      open_clip.factory.load_checkpoint  (stand-in: sparo_clip.checkpoints.loading)
+                                       one weights-only read; a failure is examined and named in one line
+
+So OpenCLIP's handling of precision, devices, ``force_*`` options, pretrained tags and transforms stays
+OpenCLIP's, and a SPARO config gives the same model whoever asks for it. :func:`create_model` adds
+``override_config`` (deep-merged into the config) and loads every model's checkpoint through the checked
+loader; :func:`save_pretrained` writes OpenCLIP's ``local-dir:`` layout.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+
+from sparo_clip import integration
+from sparo_clip.errors import CheckpointError, ConfigError
+from sparo_clip.models.base import TORCHSCRIPT_UNSUPPORTED
+from sparo_clip.models.registry import MODEL_BUILDERS
+
+WEIGHTS_NAME = "open_clip_model.safetensors"
+CONFIG_NAME = "open_clip_config.json"
+SCHEMAS = ("local-dir:", "hf-hub:")  # names whose config lives in a folder or a hub repository
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".npz")
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``override`` into a copy of ``base`` (dicts merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def registered_name(model_name: str) -> str:
+    """The name OpenCLIP's registry knows a model by (``org/name`` -> ``org-name``; schema names unchanged)."""
+    return model_name if model_name.startswith(SCHEMAS) else model_name.replace("/", "-")
+
+
+def resolve_model_config(model_name: str, override_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config of ``model_name`` (registered, ``local-dir:DIR`` or ``hf-hub:org/name``) with the override merged.
+
+    Raises:
+        ConfigError: an unknown name, a folder or hub repository without a usable config, or an override that is
+            not a dict.
+    """
+    try:
+        cfg = open_clip.get_model_config(registered_name(model_name))
+    except (
+        OSError,
+        ValueError,
+        RuntimeError,
+    ) as e:  # a folder without open_clip_config.json, bad JSON, no hub
+        raise ConfigError(f"model {model_name!r}: cannot read its config ({e})") from e
+    if cfg is None:
+        models = open_clip.list_models()
+        close = difflib.get_close_matches(model_name, models, n=5, cutoff=0.6)
+        hint = (
+            f"close names: {close}"
+            if close
+            else "list them with `sparo-clip list` or open_clip.list_models()"
+        )
+        raise ConfigError(
+            f"unknown model {model_name!r} (not among OpenCLIP's {len(models)} registered models); {hint}"
+        )
+    if override_config:
+        if not isinstance(override_config, dict):
+            raise ConfigError(f"override_config must be a dict, got {type(override_config).__name__}")
+        cfg = deep_merge(cfg, override_config)
+    return cfg
+
+
+def builds_readout_model(model_cfg: dict[str, Any]) -> bool:
+    """Whether a config is built by one of sparo_clip's classes (its keys name a registered builder)."""
+    return any(key in model_cfg for key in MODEL_BUILDERS)
+
+
+def refuse_jit(model_name: str, override_config: dict[str, Any] | None, jit: bool) -> None:
+    """OpenCLIP falls back silently to an unscripted model when scripting fails: refuse up front instead."""
+    if jit and builds_readout_model(resolve_model_config(model_name, override_config)):
+        raise NotImplementedError(f"{model_name}: {TORCHSCRIPT_UNSUPPORTED}")
+
+
+def _override_kwargs(
+    model_name: str, override: dict[str, Any] | None, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """Top-level model kwargs that carry a deep-merged override through OpenCLIP's ``create_model``.
+
+    OpenCLIP applies these after it has set the tower configs' ``hf_model_pretrained`` / ``timm_model_pretrained``
+    (load the towers' own weights only when no CLIP checkpoint follows): an overridden tower config gets the same
+    rule here, unless the override sets the flag itself.
+    """
+    if not override:
+        return {}
+    merged = resolve_model_config(model_name, override)
+    out = {key: merged[key] for key in override}
+    checkpoint = bool(kwargs.get("pretrained")) and kwargs.get("load_weights", True)
+    rules = (
+        ("text_cfg", "hf_model_name", "hf_model_pretrained", "pretrained_text", True),
+        ("vision_cfg", "timm_model_name", "timm_model_pretrained", "pretrained_image", False),
+    )
+    for tower, name_key, flag, option, default in rules:
+        given = override.get(tower)
+        if isinstance(given, dict) and name_key in out[tower] and flag not in given:
+            own_path = kwargs.get(f"{option}_path") is not None
+            out[tower][flag] = bool(kwargs.get(option, default)) and not own_path and not checkpoint
+    return out
+
+
+def _prepared(model_name: str, kwargs: dict[str, Any], override: dict | None) -> dict[str, Any]:
+    refuse_jit(model_name, override, kwargs.get("jit", False))
+    kwargs = dict(kwargs)
+    pretrained = kwargs.get("pretrained")
+    if pretrained is not None and not model_name.startswith(SCHEMAS) and not os.path.exists(pretrained):
+        looks_like_file = os.sep in str(pretrained) or Path(str(pretrained)).suffix in CHECKPOINT_SUFFIXES
+        if looks_like_file:  # anything else may be a pretrained tag, which OpenCLIP resolves
+            raise CheckpointError(f"checkpoint {pretrained} does not exist")
+    kwargs.setdefault("weights_only", True)
+    if kwargs["weights_only"] is not True:
+        raise ValueError("weights_only=False is not supported: checkpoints load weights-only (no code runs)")
+    return dict(kwargs, **_override_kwargs(model_name, override, kwargs))
+
+
+def create_model(
+    model_name: str,
+    pretrained: str | None = None,
+    *,
+    override_config: dict[str, Any] | None = None,
+    **kwargs: Any,
+):
+    """``open_clip.create_model`` with ``override_config`` deep-merged into the model config.
+
+    Every name OpenCLIP takes works (registered, ``local-dir:DIR``, ``hf-hub:org/name``). A checkpoint file in
+    ``pretrained`` is read once, weights-only, and a bad one is named in one line
+    (:mod:`sparo_clip.checkpoints.loading`), for any model.
+    """
+    kwargs = _prepared(model_name, dict(kwargs, pretrained=pretrained), override_config)
+    with integration.checked_build(model_name):
+        return open_clip.create_model(model_name, **kwargs)
+
+
+def create_model_and_transforms(
+    model_name: str,
+    pretrained: str | None = None,
+    *,
+    override_config: dict[str, Any] | None = None,
+    **kwargs: Any,
+):
+    """``open_clip.create_model_and_transforms`` with ``override_config``; see :func:`create_model`.
+
+    Example:
+        >>> model, _, preprocess = create_model_and_transforms(
+        ...     "ViT-B-32-SPARO", override_config={"sparo_cfg": {"slot_norm": "sqrtsem:norm"}})
+    """
+    kwargs = _prepared(model_name, dict(kwargs, pretrained=pretrained), override_config)
+    with integration.checked_build(model_name):
+        return open_clip.create_model_and_transforms(model_name, **kwargs)
+
+
+def get_tokenizer(model_name: str, **kwargs: Any):
+    """The tokenizer of a model (``open_clip.get_tokenizer``; every name OpenCLIP takes)."""
+    return open_clip.get_tokenizer(registered_name(model_name), **kwargs)
+
+
+def save_pretrained(
+    model: torch.nn.Module, out_dir: str | Path, model_cfg: dict[str, Any] | None = None
+) -> Path:
+    """Write ``open_clip_config.json`` (model + preprocess config) and the weights into ``out_dir``.
+
+    The folder loads with ``open_clip.create_model_and_transforms('local-dir:' + out_dir)``.
+
+    Args:
+        model: a sparo_clip model, or any OpenCLIP model when ``model_cfg`` is given.
+        out_dir: folder to write (created if needed).
+        model_cfg: the model config; defaults to ``model.model_cfg`` of a sparo_clip model.
+    """
+    from safetensors.torch import save_file
+
+    if model_cfg is None:
+        model_cfg = getattr(model, "model_cfg", None)
+        if not isinstance(model_cfg, dict):
+            raise ValueError("save_pretrained needs model_cfg= for models that do not carry their config")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    preprocess_cfg = open_clip.get_model_preprocess_cfg(model)
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    # safetensors refuses tensors that share storage (shared queries): store independent copies
+    state = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_NAME))
+    return out
