@@ -1,17 +1,21 @@
-"""Seeds and spread: tiny-CLIP and tiny-SPARO over several seeds and budgets, written to docs/study.md.
+"""The study behind the main job: tune on validation, show the plateau, then compare over seeds.
 
-``python -m benchmarks.study [--budgets 150 500] [--seeds 0 1 2] [--lrs 3e-4 1e-3 3e-3] [--write-docs]``
+``python -m benchmarks.study [--epochs E] [--short-epochs S] [--seeds N] [--write-recipe] [--write-docs]``
 
-1. at the shortest budget, every model is trained with every learning rate on every seed; each model's
-   learning rate is the one with the best mean validation retrieval (the validation pairs, which show only
-   training compositions: the held-out test sets are never used to choose);
-2. at every other budget, each model is trained with its chosen learning rate on every seed;
-3. every run is evaluated like the quickstart (:func:`sparo_clip.commands.quickstart.evaluate`), and docs/study.md
-   gets mean +- std per metric, the paired SPARO - CLIP difference (same seed) with a t-based 95% interval
-   over seeds, a plot per headline metric against steps, and one sentence per metric.
+1. **Tuning** (on a world of its own, seed ``--tune-seed``, never one the comparison uses), at the final budget
+   of ``--epochs``: each model's learning rate from a grid, extended by a factor 3 past an edge that wins (so the
+   grid brackets the optimum); then the SPARO slot shape (L x V at equal L * V) at SPARO's learning rate. The
+   score is the final validation R@1 (the validation pairs show only training compositions); the test sets
+   are never read.
+2. **Plateau**: the chosen settings trained twice as long on the same world; the validation curves of both
+   lengths and the plateau rule (``sparo_clip.experiment.stats.plateau``) show whether ``--epochs`` is enough.
+   ``--write-recipe`` writes the choices into ``sparo_clip/experiment/recipe.json`` and ``tiny-SPARO.json`` and
+   the curve into docs/quickstart.md.
+3. **Comparison**: both models with the recipe on ``--seeds`` seeds (each its own world and held-out pairs) at
+   ``--epochs`` and ``--short-epochs``, evaluated like the main job; ``--write-docs`` writes docs/study.md.
 
-Every finished (model, seed, budget, lr) run is cached under ``--out`` with its settings: the study is
-resumable, and a re-run only does what is missing. The doc is written only when every run has finished.
+Every run is cached with its settings under ``--out`` (``train_runs`` reuses finished runs, evaluations
+reuse their JSON): the study is resumable, and ``--stage tune|plateau|compare`` runs it in parts.
 """
 
 from __future__ import annotations
@@ -23,243 +27,268 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sparo_clip.commands import quickstart
-from sparo_clip.commands.quickstart_report import HEADLINE, clean, headline
-
-from .study_doc import write_study_doc
+from sparo_clip.experiment import recipe as recipe_mod
+from sparo_clip.experiment.metrics import metric_values, run_intervals
+from sparo_clip.experiment.runs import MODELS, TrainCfg, evaluate, steps_per_epoch, train_runs, world_for
+from sparo_clip.experiment.seeds import compare
+from sparo_clip.experiment.stats import plateau
 
 _logger = logging.getLogger("benchmarks.study")
 ROOT = Path(__file__).resolve().parents[1]
-VAL_METRIC = "validation retrieval mean recall"
-FULL_COMMAND = "python -m benchmarks.study --budgets 150 500 --seeds 0 1 2 --write-docs"
-# --reduced-world: fewer evaluation items (for a study that must fit a busy machine); training data as large as
-# the runs need. The default world is the quickstart's.
-REDUCED_SIZES = dict(train=4000, val=200, shards=4, zeroshot_per_class=10, sugarcrepe_per_task=60, test=200,
-                     sugarcrepe_val_per_task=2)  # fmt: skip
-
-Runner = Callable[[quickstart.TrainCfg, str, Path], dict[str, Any]]
+LRS = (3e-4, 1e-3, 3e-3)
+SLOT_SHAPES = ((4, 64), (8, 32), (16, 16))  # L x V; L * V = 256, the CLIP twin's embedding width
+MAX_EXTENSIONS = 2
 
 
-def run_name(cfg: quickstart.TrainCfg) -> str:
-    return f"{cfg.model}-s{cfg.seed}-b{cfg.steps}x{cfg.batch_size}-lr{cfg.lr:g}"
+def final_val(record: dict[str, Any]) -> float:
+    return record["curve"][-1]["val_r1"] if record["curve"] else math.nan
 
 
-def train_and_evaluate(data: dict[str, Any], keep_checkpoints: bool = False) -> Runner:
-    """The real runner: train through torchrun, evaluate, and (unless kept) delete the checkpoint."""
-
-    def run(cfg: quickstart.TrainCfg, name: str, out: Path) -> dict[str, Any]:
-        record = quickstart.train_model(cfg, name, data, out)
-        results = quickstart.evaluate(cfg.model, record["checkpoint"], data, out / "eval" / name)
-        if not keep_checkpoints:
-            Path(record["checkpoint"]).unlink(missing_ok=True)
-        return {"seconds": record["seconds"], "results": results}
-
-    return run
+def slot_override(shape: tuple[int, int]) -> dict[str, Any]:
+    L, V = shape
+    return {"embed_dim": L * V, "sparo_cfg": {"num_slots": L, "slot_dim": V}}
 
 
-def metrics_of(results: dict[str, Any]) -> dict[str, float]:
-    """The headline metrics of one run, and the validation metric used to choose the learning rate."""
-    return headline(results) | {VAL_METRIC: float(results["retrieval_val"]["mean_recall"])}
+def _sparo_shape() -> tuple[int, int]:
+    from sparo_clip.models.builder import resolve_model_config
+
+    s = resolve_model_config(MODELS["SPARO"])["sparo_cfg"]
+    return s["num_slots"], s["slot_dim"]
 
 
-def cached_run(cfg: quickstart.TrainCfg, out: Path, runner: Runner) -> dict[str, Any]:
-    """One (model, seed, budget, lr) run: read from the cache when its settings match, else run and cache."""
-    name = run_name(cfg)
-    path = out / "runs" / name / "result.json"
-    settings = asdict(cfg)
-    if path.is_file():
-        cached = json.loads(path.read_text())
-        if cached.get("settings") == settings:
-            return cached
-    _logger.info("study: running %s", name)
-    outcome = runner(cfg, name, out)
-    record = {"settings": settings, "seconds": outcome["seconds"], "metrics": metrics_of(outcome["results"])}
-    record["results"] = outcome["results"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(path)  # a result file is always complete
-    return record
-
-
-def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and the two ends of the t-based confidence interval of the mean (nan ends for one value)."""
-    from scipy import stats
-
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, math.nan, math.nan
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = stats.t.ppf((1 + level) / 2, n - 1) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    n = len(values)
-    mean = sum(values) / n
-    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
-
-
-def run_study(
-    budgets: list[int],
-    seeds: list[int],
-    lrs: list[float],
-    batch_size: int,
-    out: Path,
-    runner: Runner,
-    models: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """Every run of the study (cached), the chosen learning rates, and the aggregated numbers."""
-    models = models or quickstart.MODELS
-    short = min(budgets)
-    runs: dict[str, dict[str, Any]] = {}
-
-    def do(model: str, seed: int, steps: int, lr: float) -> dict[str, Any]:
-        cfg = quickstart.TrainCfg(model, steps, batch_size, lr, seed)
-        runs[run_name(cfg)] = rec = cached_run(cfg, out, runner)
-        return rec
-
+def tune(args: argparse.Namespace, base: recipe_mod.Recipe) -> dict[str, Any]:
+    """Learning rates (grid extended past a winning edge) and the slot shape, on the tuning world's validation."""
+    data = world_for(args.tune_seed, args.data, base.world, base.sizes())
+    out = Path(args.out) / "tune"
     chosen: dict[str, float] = {}
-    selection: dict[str, dict[str, float]] = {}
-    for label, model in models.items():
-        scores = {
-            lr: mean_std([do(model, s, short, lr)["metrics"][VAL_METRIC] for s in seeds])[0] for lr in lrs
-        }
-        selection[label] = {f"{lr:g}": v for lr, v in scores.items()}
-        chosen[label] = max(lrs, key=lambda lr: (scores[lr], -lr))  # ties: the smaller learning rate
-    table: dict[int, dict[str, Any]] = {}
-    for steps in sorted(budgets):
-        per_model = {
-            label: [do(m, s, steps, chosen[label])["metrics"] for s in seeds] for label, m in models.items()
-        }
-        table[steps] = {}
-        for metric in [*HEADLINE, VAL_METRIC]:
-            clip = [r[metric] for r in per_model["CLIP"]]
-            sparo = [r[metric] for r in per_model["SPARO"]]
-            diff, low, high = t_interval([b - a for a, b in zip(clip, sparo, strict=True)])
-            table[steps][metric] = {
-                "CLIP": mean_std(clip),
-                "SPARO": mean_std(sparo),
-                "diff": diff,
-                "low": low,
-                "high": high,
-                "values": {"CLIP": clip, "SPARO": sparo},
+    tables: dict[str, dict[str, float]] = {}
+    for label, model in MODELS.items():
+        grid, scores = sorted(args.lrs), {}
+        for _ in range(MAX_EXTENSIONS + 1):
+            cfgs = {
+                f"{label}-lr{lr:g}": TrainCfg(
+                    model,
+                    args.epochs,
+                    base.batch_size,
+                    lr,
+                    base.wd,
+                    base.warmup,
+                    args.tune_seed,
+                    args.threads,
+                )  # fmt: skip
+                for lr in grid
+                if lr not in scores
             }
-    return {"chosen_lr": chosen, "lr_selection": selection, "table": table, "runs": runs}
+            runs = train_runs(
+                {f"{k}-seed{args.tune_seed}": (c, data) for k, c in cfgs.items()}, out, args.slots
+            )
+            scores |= {cfgs[k].lr: final_val(runs[f"{k}-seed{args.tune_seed}"]) for k in cfgs}
+            best = max(scores, key=lambda lr: (scores[lr], -lr))
+            ordered = sorted(scores)
+            if best == ordered[0]:
+                grid = [best / 3]
+            elif best == ordered[-1]:
+                grid = [best * 3]
+            else:
+                break
+        chosen[label] = best
+        tables[label] = {f"{lr:g}": v for lr, v in sorted(scores.items())}
+    shapes: dict[str, float] = {}
+    cfgs = {
+        f"SPARO-{L}x{V}": TrainCfg(
+            MODELS["SPARO"],
+            args.epochs,
+            base.batch_size,
+            chosen["SPARO"],
+            base.wd,
+            base.warmup,
+            args.tune_seed,
+            args.threads,
+            slot_override((L, V)),
+        )  # fmt: skip
+        for L, V in SLOT_SHAPES
+    }
+    runs = train_runs({f"{k}-seed{args.tune_seed}": (c, data) for k, c in cfgs.items()}, out, args.slots)
+    shapes = {k.removeprefix("SPARO-"): final_val(runs[f"{k}-seed{args.tune_seed}"]) for k in cfgs}
+    best_shape = max(shapes, key=lambda k: (shapes[k], -int(k.split("x")[0])))
+    return {"lr": chosen, "lr_scores": tables, "slot_shape": best_shape, "slot_scores": shapes,
+            "tune_seed": args.tune_seed}  # fmt: skip
 
 
-def plot(study: dict[str, Any], metric: str, path: Path) -> None:
-    """Mean +- std over seeds against steps, both models."""
-    import matplotlib
+def plateau_evidence(
+    args: argparse.Namespace, base: recipe_mod.Recipe, tuned: dict[str, Any]
+) -> dict[str, Any]:
+    """The chosen settings at ``--epochs`` and twice as long, on the tuning world: curves and the plateau rule."""
+    data = world_for(args.tune_seed, args.data, base.world, base.sizes())
+    out = Path(args.out) / "plateau"
+    shape = tuple(int(x) for x in tuned["slot_shape"].split("x"))
+    evidence: dict[str, Any] = {"steps_per_epoch": steps_per_epoch(data, base.batch_size)}
+    for epochs in (args.epochs, 2 * args.epochs):
+        cfgs = {
+            f"{label}-e{epochs}": TrainCfg(
+                model,
+                epochs,
+                base.batch_size,
+                tuned["lr"][label],
+                base.wd,
+                base.warmup,
+                args.tune_seed,
+                args.threads,
+                slot_override(shape) if label == "SPARO" else None,
+            )  # fmt: skip
+            for label, model in MODELS.items()
+        }
+        runs = train_runs({f"{k}-seed{args.tune_seed}": (c, data) for k, c in cfgs.items()}, out, args.slots)
+        for name in cfgs:
+            run = runs[f"{name}-seed{args.tune_seed}"]
+            curve = [p["val_r1"] for p in run["curve"]]
+            verdict = plateau(curve)
+            evidence[name] = {"curve": run["curve"], "flat": verdict.flat, "gain": verdict.gain,
+                              "final": curve[-1], "seconds": run["seconds"]}  # fmt: skip
+    return evidence
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    steps = sorted(study["table"])
-    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=110)
-    for label, colour in (("CLIP", "tab:blue"), ("SPARO", "tab:orange")):
-        means = [study["table"][s][metric][label][0] for s in steps]
-        stds = [study["table"][s][metric][label][1] for s in steps]
-        lr = study["chosen_lr"][label]
-        ax.errorbar(
-            steps, means, yerr=stds, marker="o", capsize=4, color=colour, label=f"tiny-{label} (lr {lr:g})"
-        )
-        for s in steps:  # the seeds themselves
-            ax.scatter([s] * len(study["table"][s][metric]["values"][label]), study["table"][s][metric]["values"][label],
-                       color=colour, alpha=0.35, s=12)  # fmt: skip
-    ax.set_xticks(steps)
-    ax.set_xlabel("training steps")
-    ax.set_ylabel(metric)
-    ax.set_title(metric, fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+def write_recipe(
+    args: argparse.Namespace, tuned: dict[str, Any], evidence: dict[str, Any]
+) -> recipe_mod.Recipe:
+    """recipe.json, the tiny-SPARO slot shape, and the curve block of docs/quickstart.md."""
+    from benchmarks.study_doc import write_quickstart_curve
+
+    recipe = recipe_mod.Recipe(
+        epochs=args.epochs,
+        lr=tuned["lr"],
+        measured_by=f"python -m benchmarks.study {' '.join(args.argv)}",
+        evidence={"tuning": tuned, "plateau": {k: {kk: vv for kk, vv in v.items() if kk != "curve"}
+                                               if isinstance(v, dict) else v for k, v in evidence.items()}},
+    )  # fmt: skip
+    recipe_mod.write(recipe)
+    shape = tuple(int(x) for x in tuned["slot_shape"].split("x"))
+    config = ROOT / "src" / "sparo_clip" / "models" / "model_configs" / f"{MODELS['SPARO']}.json"
+    cfg = json.loads(config.read_text())
+    cfg["embed_dim"] = shape[0] * shape[1]
+    cfg["sparo_cfg"] |= {"num_slots": shape[0], "slot_dim": shape[1]}
+    config.write_text(json.dumps(cfg, indent=4) + "\n")
+    write_quickstart_curve(evidence, args, ROOT / "docs" / "quickstart.md")
+    return recipe
+
+
+def compare_stage(args: argparse.Namespace, recipe: recipe_mod.Recipe) -> dict[str, Any]:
+    """Both models on every seed at both budgets, evaluated; per budget the comparison over seeds."""
+    out = Path(args.out) / "compare"
+    budgets: dict[int, dict[str, Any]] = {}
+    for epochs in sorted({args.short_epochs, args.epochs}):
+        worlds = {
+            seed: world_for(seed, args.data, recipe.world, recipe.sizes()) for seed in range(args.seeds)
+        }
+        jobs = {
+            f"{label}-e{epochs}-seed{seed}": (
+                TrainCfg(
+                    model,
+                    epochs,
+                    recipe.batch_size,
+                    recipe.lr[label],
+                    recipe.wd,
+                    recipe.warmup,
+                    seed,
+                    args.threads,
+                ),  # fmt: skip
+                worlds[seed],
+            )
+            for seed in worlds
+            for label, model in MODELS.items()
+        }
+        runs = train_runs(jobs, out, slots=args.slots)
+        per_seed, intervals, curves = {}, {}, {}
+        for seed, data in worlds.items():
+            per_seed[seed], intervals[seed], curves[seed] = {}, {}, {}
+            for label, model in MODELS.items():
+                run = runs[f"{label}-e{epochs}-seed{seed}"]
+                where = out / "eval" / f"e{epochs}-seed{seed}" / label
+                per_seed[seed][label] = metric_values(
+                    evaluate(model, run["checkpoint"], data, where, reuse=True)
+                )
+                intervals[seed][label] = {k: v.__dict__ for k, v in run_intervals(where).items()}
+                curves[seed][label] = run["curve"]
+                if not args.keep_checkpoints:
+                    Path(run["checkpoint"]).unlink(missing_ok=True)
+        comparison = {k: v.__dict__ | {"diff": v.diff.__dict__} for k, v in compare(per_seed).items()}
+        budgets[epochs] = {"per_seed": per_seed, "intervals": intervals, "curves": curves, "comparison": comparison,
+                           "steps": epochs * steps_per_epoch(data, recipe.batch_size)}  # fmt: skip
+    return budgets
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.study", description=__doc__.split("\n\n")[0])
-    p.add_argument("--budgets", type=int, nargs="+", default=[150, 500], help="training steps per run")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument(
-        "--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3], help="tried at the shortest budget"
-    )
-    p.add_argument("--batch-size", type=int, default=quickstart.BATCH_SIZE)
-    p.add_argument(
-        "--data", default=None, help="the shapes world (default: data/shapes, generated if missing)"
-    )
-    p.add_argument(
-        "--reduced-world",
-        action="store_true",
-        help="a world with fewer evaluation items (default folder data/shapes-reduced): faster, wider intervals",
-    )
+    p.add_argument("--stage", choices=("tune", "plateau", "compare", "all"), default="all")
+    p.add_argument("--epochs", type=int, default=None, help="the final budget (default: the recipe's)")
+    p.add_argument("--short-epochs", type=int, default=None, help="the shorter budget (default: a third)")
+    p.add_argument("--seeds", type=int, default=5, help="comparison seeds, each its own world")
+    p.add_argument("--tune-seed", type=int, default=1000, help="the world tuning and the plateau runs use")
+    p.add_argument("--lrs", type=float, nargs="+", default=list(LRS), help="the starting learning-rate grid")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per training (two train at a time)")
+    p.add_argument("--slots", type=int, default=2, help="trainings at a time (default 2: one per core)")
+    p.add_argument("--data", default="data/shapes", help="the worlds (generated per seed, cached)")
     p.add_argument("--out", default="runs/study", help="the run cache")
-    p.add_argument("--keep-checkpoints", action="store_true", help="keep every run's checkpoint (large)")
-    p.add_argument("--write-docs", action="store_true", help="write docs/study.md and docs/img/study/*.png")
-    p.add_argument("--doc", default=str(ROOT / "docs" / "study.md"), help=argparse.SUPPRESS)
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep the comparison runs' checkpoints")
+    p.add_argument(
+        "--write-recipe", action="store_true", help="write recipe.json, tiny-SPARO.json and the curve"
+    )
+    p.add_argument("--write-docs", action="store_true", help="write docs/study.md from the comparison")
     return p
 
 
-def check_args(args: argparse.Namespace) -> str | None:
-    """The first problem with the options, or None."""
-    if any(b < 1 for b in args.budgets) or len(set(args.budgets)) != len(args.budgets):
-        return f"--budgets {args.budgets}: expected distinct positive step counts"
-    if len(set(args.seeds)) != len(args.seeds) or any(s < 0 for s in args.seeds):
-        return f"--seeds {args.seeds}: expected distinct non-negative integers"
-    if any(not lr > 0 for lr in args.lrs):
-        return f"--lrs {args.lrs}: expected positive learning rates"
-    if args.batch_size < 2:
-        return f"--batch-size {args.batch_size}: expected at least 2 (a contrastive batch)"
-    return None
-
-
-def main(argv: list[str] | None = None, runner: Runner | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    problem = check_args(args)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="[study] %(message)s")
+    try:
+        base = recipe_mod.load()
+    except Exception:  # noqa: BLE001 (the first study writes the first recipe)
+        base = recipe_mod.Recipe(epochs=args.epochs or 8, lr={k: 1e-3 for k in MODELS})
+    args.epochs = args.epochs or base.epochs
+    args.short_epochs = args.short_epochs or max(1, args.epochs // 3)
+    problem = next((f"--{n.replace('_', '-')} must be >= 1" for n in ("epochs", "short_epochs", "seeds", "threads", "slots")
+                    if getattr(args, n) < 1), None)  # fmt: skip
+    if problem is None and not all(math.isfinite(lr) and lr > 0 for lr in args.lrs):
+        problem = f"--lrs {args.lrs}: expected positive, finite learning rates"
     if problem:
         print(f"study: error: {problem}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="[study] %(message)s")
     out = Path(args.out)
-    from sparo_clip.data.generate import SizeCfg, generate
-
-    sizes = SizeCfg(**REDUCED_SIZES) if args.reduced_world else SizeCfg()
-    data_dir = args.data or ("data/shapes-reduced" if args.reduced_world else "data/shapes")
-    if runner is None:
-        runner = train_and_evaluate(generate(data_dir, sizes=sizes), args.keep_checkpoints)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "study.json"
+    state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.is_file() else {}
     t = time.perf_counter()
-    study = run_study(args.budgets, args.seeds, args.lrs, args.batch_size, out, runner)
-    study["settings"] = {
-        "budgets": sorted(args.budgets),
-        "seeds": args.seeds,
-        "lrs": args.lrs,
-        "batch_size": args.batch_size,
-        "world_sizes": vars(sizes),
-        "command": "python -m benchmarks.study " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+    if args.stage in ("tune", "all"):
+        state["tuning"] = tune(args, base)
+    if args.stage in ("plateau", "all"):
+        if "tuning" not in state:
+            print("study: error: run --stage tune first (its choices are not in the cache)", file=sys.stderr)
+            return 2
+        state["plateau"] = plateau_evidence(args, base, state["tuning"])
+        if args.write_recipe:
+            base = write_recipe(args, state["tuning"], state["plateau"])
+    if args.stage in ("compare", "all"):
+        recipe = recipe_mod.load()
+        state["compare"] = {str(k): v for k, v in compare_stage(args, recipe).items()}
+        state["recipe"] = recipe.to_dict()
+    state["settings"] = {
+        "epochs": args.epochs, "short_epochs": args.short_epochs, "seeds": args.seeds, "tune_seed": args.tune_seed,
+        "command": "python -m benchmarks.study " + " ".join(args.argv),
+        "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} thread(s) per run",
         "seconds_this_call": time.perf_counter() - t,
-    }
-    (out / "study.json").write_text(json.dumps(study, indent=1) + "\n")
+    }  # fmt: skip
+    state_path.write_text(json.dumps(state, indent=1, default=lambda v: None) + "\n")
     if args.write_docs:
-        doc = Path(args.doc)
-        img = doc.parent / "img" / "study"
-        pictures = {}
-        for metric in HEADLINE:
-            pictures[metric] = img / f"{clean(metric)}.png"
-            plot(study, metric, pictures[metric])
-        write_study_doc(study, doc, {m: p.relative_to(doc.parent) for m, p in pictures.items()}, FULL_COMMAND)
-        print(f"wrote {doc} and {len(pictures)} plots under {img}")
+        from benchmarks.study_doc import write_study_doc
+
+        write_study_doc(state, ROOT / "docs" / "study.md")
+        print(f"wrote {ROOT / 'docs' / 'study.md'}")
     return 0
 
 

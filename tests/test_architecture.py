@@ -19,6 +19,7 @@ FLOORS: list[set[str]] = [
     {"eval", "viz"},
     {"dino"},
     {"training"},
+    {"experiment"},
     {"commands"},
     {"__init__", "train", "quickstart"},  # the public API and the two `python -m` names
 ]

@@ -14,7 +14,14 @@ from sparo_clip.eval.retrieval import ranks, recalls_from_ranks
 from .eval_helpers import MODEL, save_checkpoint
 
 SIZES = SizeCfg(
-    train=8, val=8, shards=1, zeroshot_per_class=2, sugarcrepe_per_task=4, test=6, sugarcrepe_val_per_task=2
+    train=8,
+    val=8,
+    shards=1,
+    zeroshot_per_class=2,
+    sugarcrepe_per_task=4,
+    test=6,
+    sugarcrepe_val_per_task=4,
+    binding_per_group=2,
 )
 
 

@@ -1,99 +1,138 @@
-"""A shortened end-to-end quickstart: data, two torchrun trainings, every evaluation, report and pictures."""
+"""The main job end to end at toy scale: worlds per seed, two torchrun trainings per seed, evaluations with their
+controls, per-run intervals, the comparison over seeds, the report."""
 
 import json
-import logging
+import math
 
 import pytest
-import torch
 
 from sparo_clip.commands import quickstart
-from sparo_clip.commands.quickstart_report import HEADLINE, headline
+from sparo_clip.experiment import recipe as recipe_mod
+from sparo_clip.experiment.metrics import PRIMARY, SECONDARY
+from sparo_clip.experiment.stats import t_interval
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("qs")
-    argv = ["--small", "--steps", "2", "--batch-size", "16"]
-    argv += ["--out", str(root / "out"), "--data", str(root / "data")]
-    assert quickstart.main(argv) == 0
-    return root, argv
+    toy = recipe_mod.Recipe(epochs=3, lr={"CLIP": 1e-3, "SPARO": 2e-3}, batch_size=16, measured_by="a test")
+    recipe_mod.write(toy, root / "recipe.json")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(recipe_mod, "RECIPE_FILE", root / "recipe.json")
+    argv = [
+        "--small",
+        "--seeds",
+        "2",
+        "--epochs",
+        "3",
+        "--out",
+        str(root / "out"),
+        "--data",
+        str(root / "data"),
+    ]
+    try:
+        assert quickstart.main(argv) == 0
+    finally:
+        mp.undo()
+    return root, json.loads((root / "out" / "results.json").read_text())
 
 
-@pytest.mark.slow  # an end-to-end run in its own process(es)
-def test_report_leads_with_measured_differences_for_both_models(run):
-    root, _ = run
-    out = root / "out"
-    summary = json.loads((out / "results.json").read_text())
-    assert set(summary["runs"]) == {"CLIP", "SPARO"}
-    assert summary["runs"]["CLIP"]["steps"] == summary["runs"]["SPARO"]["steps"] == summary["steps"] == 2
-    assert summary["runs"]["SPARO"]["parameters"] <= summary["runs"]["CLIP"]["parameters"]
-    assert summary["wall_seconds"] > 0 and summary["step_times"] is None  # a fixed budget: nothing timed
-    report = (out / "report.md").read_text()
-    lead = report.split("## Summary: SPARO − CLIP", 1)[1].split("\n\n| model")[0]
-    clip, sparo = headline(summary["results"]["CLIP"]), headline(summary["results"]["SPARO"])
-    for label in HEADLINE:
-        d = summary["summary"][label]
-        # the bootstrap's value on all items is the eval command's own number
-        assert d["a"] == pytest.approx(clip[label]) and d["b"] == pytest.approx(sparo[label])
-        assert d["low"] <= d["diff"] + 1e-9 and d["diff"] <= d["high"] + 1e-9
-        line = next(x for x in lead.splitlines() if x.startswith(f"- {label}: SPARO − CLIP = "))
-        assert f"{d['diff']:+.3f} ± {(d['high'] - d['low']) / 2:.3f}" in line
-    assert "top-5" not in report and "top5" not in report
-    for name in ("CLIP", "SPARO", "untrained", "SPARO-selected"):
-        res = summary["results"][name]
-        assert set(res["sugarcrepe"]["groups"]) == set(res["retrieval"]["groups"]) == {"seen", "novel"}
-        own = json.loads((out / "eval" / name / "compositional.json").read_text())["metrics"]
-        assert own["auc"] == res["compositional"]["auc"] and own["num_classes"] == 24
-    pictures = summary["pictures"]
-    assert pictures and all(p.endswith(".png") for p in pictures)
+@pytest.mark.slow  # two seeds x two torchrun trainings
+def test_every_seed_is_its_own_world_with_its_own_held_out_pairs(run):
+    root, summary = run
+    seeds = summary["seeds"]
+    assert set(seeds) == {"0", "1"}
+    assert seeds["0"]["held_out"] != seeds["1"]["held_out"]
+    for seed, r in seeds.items():
+        world = json.loads((root / "data" / f"world-{seed}" / "dataset.json").read_text())
+        assert world["held_out"] == r["held_out"] and world["settings"]["world"]["seed"] == int(seed)
+        for label in ("CLIP", "SPARO"):
+            run_ = r["runs"][label]
+            assert (
+                run_["settings"]["seed"] == int(seed)
+                and run_["settings"]["lr"] == {"CLIP": 1e-3, "SPARO": 2e-3}[label]
+            )
+            assert [p["epoch"] for p in run_["curve"]] == [1, 2, 3]  # validation after every epoch
 
 
-@pytest.mark.slow  # an end-to-end run in its own process(es)
-def test_slots_are_selected_on_validation_never_on_test(run):
-    root, _ = run
-    summary = json.loads((root / "out" / "results.json").read_text())
-    sel = summary["slot_selection"]
-    data = json.loads((root / "data" / "dataset.json").read_text())
-    assert sel["data"]["root"] == data["sugarcrepe_val"]["root"]
-    assert sel["split"] == {"test_split": data["sugarcrepe"]["root"]}
-    assert set(sel["selected_slots"]) <= set(range(sel["num_slots"]))
-    chosen = summary["results"]["SPARO-selected"]["sugarcrepe"]["mean"]
-    assert chosen == pytest.approx(sel["test"]["selected"])
-    assert "## Slot selection" in (root / "out" / "report.md").read_text()
+@pytest.mark.slow
+def test_comparison_is_the_paired_t_interval_of_the_per_seed_differences(run):
+    root, summary = run
+    for label in (*PRIMARY, *SECONDARY):
+        a = [summary["seeds"][s]["metrics"]["CLIP"][label] for s in ("0", "1")]
+        b = [summary["seeds"][s]["metrics"]["SPARO"][label] for s in ("0", "1")]
+        c = summary["comparison"][label]
+        assert c["a"] == a and c["b"] == b
+        if any(v is None or math.isnan(v) for v in a + b):
+            continue
+        iv = t_interval([y - x for x, y in zip(a, b, strict=True)])
+        assert c["diff"]["mean"] == pytest.approx(iv.mean) and c["diff"]["low"] == pytest.approx(iv.low)
+    # each seed's metric is the eval command's own number
+    own = json.loads((root / "out" / "eval" / "seed1" / "SPARO" / "compositional.json").read_text())[
+        "metrics"
+    ]
+    assert summary["seeds"]["1"]["metrics"]["SPARO"]["compositional zero-shot AUC"] == own["auc"]
 
 
-@pytest.mark.slow  # an end-to-end run in its own process(es)
-def test_rerun_reuses_data_and_training(run, caplog):
-    root, argv = run
-    ckpt = root / "out" / "logs" / "SPARO" / "checkpoints" / "epoch_1.pt"
-    stamp = ckpt.stat().st_mtime_ns
-    caplog.set_level(logging.INFO)
-    assert quickstart.main([*argv, "--no-select-slots"]) == 0
-    assert ckpt.stat().st_mtime_ns == stamp
-    assert "reusing" in caplog.text and "up to date" in caplog.text
+@pytest.mark.slow
+def test_report_opens_plainly_and_shows_controls_curves_and_intervals(run):
+    root, summary = run
+    report = (root / "out" / "report.md").read_text()
+    opening = report.split("\n\n")[1]
+    assert "clean binding test" in opening and "compositional zero-shot" in opening and "2 seed(s)" in opening
+    assert "cannot say" in opening
+    assert (
+        report.index("## Primary metrics")
+        < report.index("## Secondary metrics")
+        < report.index("## Controls")
+    )
+    assert "Holm" in report and "*(oracle)*" in report
+    assert (root / "out" / "validation_curves.png").is_file() and "plateau" in report
+    for r in summary["seeds"].values():  # mirrored sets: the text-only reader sits at 0.5 everywhere
+        for tasks in r["text_only"].values():
+            for groups in tasks.values():
+                assert all(g["accuracy"] == 0.5 for g in groups.values())
+        for label in ("CLIP", "SPARO"):
+            for metric, iv in r["intervals"][label].items():
+                if iv["mean"] is not None and not math.isnan(iv["mean"]) and iv["low"] is not None:
+                    assert iv["low"] - 1e-9 <= iv["mean"] <= iv["high"] + 1e-9, metric
+    assert summary["slot_selection"]["data"]["root"].endswith("sugarcrepe_val")
+    assert set(summary["untrained"]) == set(PRIMARY) | set(SECONDARY)
 
 
-@pytest.mark.slow  # an end-to-end run in its own process(es)
-def test_same_settings_train_the_same_weights(run, tmp_path):
-    """Same command and seed, same machine: the same model (the quickstart's numbers follow from it)."""
-    root, _ = run
-    data = json.loads((root / "data" / "dataset.json").read_text())
-    cfg = quickstart.TrainCfg("tiny-SPARO", steps=2, batch_size=16)
-    first = torch.load(quickstart.train_model(cfg, "again", data, tmp_path)["checkpoint"], weights_only=True)
-    reference = root / "out" / "logs" / "SPARO" / "checkpoints" / "epoch_1.pt"
-    second = torch.load(reference, weights_only=True)
-    for key, value in first["state_dict"].items():
-        assert torch.equal(value, second["state_dict"][key]), key
+@pytest.mark.slow
+def test_rerun_reuses_worlds_and_trainings(run, caplog):
+    root, summary = run
+    mp = pytest.MonkeyPatch()
+    mp.setattr(recipe_mod, "RECIPE_FILE", root / "recipe.json")
+    try:
+        with caplog.at_level("INFO"):
+            argv = [
+                "--small",
+                "--seeds",
+                "1",
+                "--epochs",
+                "3",
+                "--out",
+                str(root / "out"),
+                "--data",
+                str(root / "data"),
+            ]
+            assert quickstart.main([*argv, "--no-select-slots"]) == 0
+    finally:
+        mp.undo()
+    assert "up to date: reusing it" in caplog.text and "CLIP-seed0: reusing" in caplog.text
 
 
-def test_minutes_prints_the_steps_it_chose_and_bad_budgets_are_refused(capsys):
-    steps, times = quickstart.resolve_steps(quickstart.QuickstartCfg(minutes=0.5, batch_size=2))
-    assert set(times) == {"CLIP", "SPARO"} and steps == quickstart.plan_steps(0.5, times)
-    assert f"-> {steps} steps per model" in capsys.readouterr().out
-    assert quickstart.resolve_steps(quickstart.QuickstartCfg(steps=7)) == (7, None)
-    assert quickstart.plan_steps(2.0, {"a": 1.0, "b": 2.0}) == 40
-    assert quickstart.plan_steps(0.01, {"a": 1.0, "b": 2.0}, min_steps=5) == 5
-    assert quickstart.main(["--steps", "0"]) == 2
-    assert "--steps 0 is not valid" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="lr=0"):
-        quickstart.TrainCfg("tiny-SPARO", steps=1, lr=0)
+def test_bad_options_are_one_line_before_any_work(tmp_path, capsys):
+    assert quickstart.main(["--seeds", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "--seeds 0 is not valid" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    missing = tmp_path / "none.json"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(recipe_mod, "RECIPE_FILE", missing)
+    try:
+        assert quickstart.main(["--out", str(tmp_path / "o")]) == 2
+    finally:
+        mp.undo()
+    assert "benchmarks.study --write-recipe" in capsys.readouterr().err

@@ -18,8 +18,9 @@ from sparo_clip.data.sets import SizeCfg
 from sparo_clip.data.world import PALETTE, RELATIONS, SIZES, WorldCfg, relation, sample_scene
 
 SMALL = SizeCfg(
-    train=64, val=24, shards=4, zeroshot_per_class=3, sugarcrepe_per_task=6, test=8, sugarcrepe_val_per_task=4
-)
+    train=64, val=24, shards=4, zeroshot_per_class=3, sugarcrepe_per_task=8, test=8, sugarcrepe_val_per_task=4,
+    binding_per_group=4,
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ def test_sugarcrepe_files_and_wrong_captions(world_dir):
         items = json.loads((out / "sugarcrepe" / f"{task}.json").read_text())
         assert len(items) == SMALL.sugarcrepe_per_task
         for item in items.values():
-            assert set(item) == {"filename", "caption", "negative_caption", "group"}
+            assert set(item) == {"filename", "caption", "negative_caption", "group", "cluster"}
             assert item["caption"] != item["negative_caption"]
             Image.open(out / "sugarcrepe" / "images" / item["filename"]).verify()
 
@@ -225,9 +226,10 @@ def test_second_run_reuses_and_other_settings_regenerate(tmp_path, caplog):
             val=8,
             shards=2,
             zeroshot_per_class=1,
-            sugarcrepe_per_task=2,
+            sugarcrepe_per_task=4,
             test=2,
-            sugarcrepe_val_per_task=2,
+            sugarcrepe_val_per_task=4,
+            binding_per_group=2,
         ),
     )
     assert "regenerating" in caplog.text
@@ -249,7 +251,7 @@ def test_captions_fit_the_tiny_context(world_dir):
 
 @pytest.mark.parametrize("mode", ["seen", "unseen"])
 def test_wrong_captions_are_wrong_and_true_captions_true(mode):
-    world = WorldCfg()
+    world, made = WorldCfg(), 0
     for i in range(60):
         rng = random.Random(f"test/{mode}/{i}")
         scene = sample_scene(rng, world, rng.randint(2, world.max_objects), mode)
@@ -258,6 +260,9 @@ def test_wrong_captions_are_wrong_and_true_captions_true(mode):
         for task in TASKS:
             spec = make_spec(scene, rng, relational={"swap_obj": True, "add_obj": False}.get(task))
             wrong = negative(task, spec, scene, world, rng)
+            if wrong is None:  # no wrong caption the captions alone cannot give away: the item is dropped
+                continue
+            made += 1
             assert _describes(spec.text(), objects, world) and spec.text() != wrong.text()
             named = {(c, s) for _, c, s in _mentions(wrong.text(), world)}
             if task == "swap_obj":  # same objects, but the stated relation is the opposite of the drawn one
@@ -266,6 +271,7 @@ def test_wrong_captions_are_wrong_and_true_captions_true(mode):
                 assert RELATIONS[wrong.relations[0]] in wrong.text()
             else:  # names an object (colour-shape pair) that is not in the image
                 assert named - present, (task, spec.text(), wrong.text())
+    assert made > 60 * len(TASKS) / 2  # most scenes allow one
 
 
 @pytest.mark.parametrize(
@@ -295,8 +301,8 @@ def test_cli_unwritable_out_is_one_line_before_any_work(tmp_path, capsys):
 
 def test_cli_writes_and_reports(tmp_path, capsys):
     argv = ["--out", str(tmp_path), "--train-size", "16", "--val-size", "8", "--shards", "2"]
-    argv += ["--zeroshot-per-class", "1", "--sugarcrepe-per-task", "2", "--holdout", "red circle,blue star"]
-    argv += ["--test-size", "2", "--sugarcrepe-val-per-task", "2"]
+    argv += ["--zeroshot-per-class", "1", "--sugarcrepe-per-task", "4", "--holdout", "red circle,blue star"]
+    argv += ["--test-size", "2", "--sugarcrepe-val-per-task", "4", "--binding-per-group", "2"]
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["held_out"] == ["blue star", "red circle"]

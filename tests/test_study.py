@@ -1,97 +1,145 @@
-"""The study's machinery: learning rate chosen on validation only, resumable cache, paired t intervals, doc."""
+"""The study's logic with stand-in runs: learning rates bracketed on validation, slot shape on validation, the
+recipe and docs written by the code, the comparison over seeds and budgets."""
 
 import json
-import math
+import shutil
+from pathlib import Path
 
 import pytest
 
 from benchmarks import study
+from sparo_clip.experiment import recipe as recipe_mod
+from sparo_clip.experiment.metrics import PRIMARY, SECONDARY
+from sparo_clip.experiment.stats import Interval
+
+ROOT = Path(__file__).resolve().parents[1]
+BEST_LR = {"tiny-CLIP": 1e-3, "tiny-SPARO": 9e-3}  # SPARO's best lies past the starting grid's edge
 
 
-def _results(value: float, val: float) -> dict:
-    """Eval results shaped like ``quickstart.evaluate``'s, every test metric ``value``, validation ``val``."""
-    r1 = {"image_to_text_R@1": value, "text_to_image_R@1": value}
-    groups = {g: {"mean": value, "swap_att": value} for g in ("seen", "novel")}
-    return {
-        "compositional": {"auc": value, "best_hm": value, "unseen": value},
-        "sugarcrepe": {"groups": groups},
-        "retrieval": {"groups": {"seen": r1, "novel": r1}},
-        "retrieval_val": {"mean_recall": val},
-    }
+def _val(cfg) -> float:
+    """A validation score that peaks at BEST_LR (per model) and at 8 slots; test sets never enter."""
+    import math
+
+    score = 0.6 - 0.1 * abs(math.log10(cfg.lr / BEST_LR[cfg.model]))
+    if cfg.override:
+        score += 0.05 if cfg.override["sparo_cfg"]["num_slots"] == 8 else 0.0
+    return score
 
 
-class Runner:
-    """Deterministic outcomes: SPARO is 0.1 ahead on test metrics; validation prefers lr 1e-3, test 3e-3."""
-
+class FakeRuns:
     def __init__(self):
-        self.calls = []
+        self.trained = []
 
-    def __call__(self, cfg, name, out):
-        self.calls.append(name)
-        base = 0.3 + (0.1 if cfg.model == "tiny-SPARO" else 0.0) + cfg.steps / 1000 + 0.01 * cfg.seed
-        test = base + (0.2 if cfg.lr == 3e-3 else 0.0)
-        val = 0.5 if cfg.lr == 1e-3 else 0.2
-        return {"seconds": 1.0, "results": _results(test, val)}
+    def train_runs(self, runs, out, slots=1):
+        out_records = {}
+        for label, (cfg, _data) in runs.items():
+            self.trained.append((label, cfg))
+            final = _val(cfg)
+            curve = [{"epoch": e, "step": 10 * e, "val_r1": final * (1 - 0.5 ** (2 * e)), "val_loss": 1.0}
+                     for e in range(1, cfg.epochs + 1)]  # fmt: skip
+            out_records[label] = {
+                "curve": curve,
+                "seconds": 1.0,
+                "checkpoint": str(out / f"{label}.pt"),
+                "steps": 10,
+            }
+        return out_records
 
+    @staticmethod
+    def world_for(seed, root, world, sizes):
+        return {"train": {"num_samples": 1280}, "settings": {"seed": seed}}
 
-ARGV = ["--budgets", "2", "5", "--seeds", "0", "1", "2", "--lrs", "1e-3", "3e-3", "--batch-size", "4"]
-
-
-def test_study_chooses_lr_on_validation_caches_runs_and_writes_the_doc(tmp_path):
-    runner = Runner()
-    doc = tmp_path / "docs" / "study.md"
-    argv = [*ARGV, "--out", str(tmp_path / "runs"), "--write-docs", "--doc", str(doc)]
-    assert study.main(argv, runner=runner) == 0
-    # 2 models x 2 lrs x 3 seeds at the short budget, then 2 models x 3 seeds at the long one
-    assert len(runner.calls) == 12 + 6
-    saved = json.loads((tmp_path / "runs" / "study.json").read_text())
-    assert saved["chosen_lr"] == {"CLIP": 1e-3, "SPARO": 1e-3}  # validation, not the test sets' 3e-3
-    row = saved["table"]["5"]["compositional zero-shot AUC"]
-    assert row["diff"] == pytest.approx(0.1) and row["low"] == pytest.approx(
-        0.1
-    )  # the same gap on every seed
-    text = doc.read_text()
-    assert "SPARO − CLIP = +0.100" in text and "significant: SPARO higher" in text
-    assert "resumable" in text and study.FULL_COMMAND in text and "--budgets 2 5" in text
-    pngs = sorted((tmp_path / "docs" / "img" / "study").glob("*.png"))
-    assert len(pngs) == len(study.HEADLINE) and all(p.stat().st_size > 1000 for p in pngs)
-    # a re-run only does what is missing: nothing, then only the new seed
-    again = Runner()
-    assert study.main([*ARGV, "--out", str(tmp_path / "runs")], runner=again) == 0
-    assert again.calls == []
-    more = Runner()
-    argv = [*ARGV[:2], "5", "--seeds", "0", "1", "2", "3", *ARGV[7:], "--out", str(tmp_path / "runs")]
-    assert study.main(argv, runner=more) == 0
-    assert len(more.calls) == 2 * 2 + 2 and all("-s3-" in c for c in more.calls)
+    @staticmethod
+    def evaluate(model, ckpt, data, out, slots=None, reuse=False):
+        ahead = 0.1 if model == "tiny-SPARO" else 0.0
+        seed = data["settings"]["seed"]
+        value = 0.5 + ahead + 0.01 * seed
+        groups = {g: {"mean": value, "swap_att": value} for g in ("seen", "novel")}
+        r1 = {"image_to_text_R@1": 0.5, "text_to_image_R@1": 0.5}  # equal for both: no difference
+        return {"binding": {"groups": groups}, "compositional": {"auc": value, "best_hm": value, "unseen": value,
+                "seen": value}, "sugarcrepe": {"groups": groups}, "retrieval": {"groups": {"seen": r1, "novel": r1}}}  # fmt: skip
 
 
-def test_a_failed_run_is_not_cached(tmp_path):
-    class Failing(Runner):
-        def __call__(self, cfg, name, out):
-            if cfg.seed == 1:
-                raise RuntimeError("training failed")
-            return super().__call__(cfg, name, out)
-
-    with pytest.raises(RuntimeError):
-        study.main([*ARGV, "--out", str(tmp_path)], runner=Failing())
-    cached = sorted(p.parent.name for p in (tmp_path / "runs").glob("*/result.json"))
-    assert cached and not any("-s1-" in c for c in cached)
-
-
-def test_t_interval_matches_the_t_table():
-    mean, low, high = study.t_interval([1.0, 2.0, 3.0])
-    half = 4.303 * 1.0 / math.sqrt(3)  # t(0.975, 2 dof) = 4.303
-    assert (
-        mean == 2.0 and low == pytest.approx(2 - half, abs=1e-3) and high == pytest.approx(2 + half, abs=1e-3)
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    fake = FakeRuns()
+    monkeypatch.setattr(study, "train_runs", fake.train_runs)
+    monkeypatch.setattr(study, "world_for", fake.world_for)
+    monkeypatch.setattr(study, "evaluate", fake.evaluate)
+    monkeypatch.setattr(
+        study, "run_intervals", lambda where: {m: Interval(0.5, 0.4, 0.6, 10) for m in (*PRIMARY, *SECONDARY)}
     )
-    assert math.isnan(study.t_interval([1.0])[1])
-    assert study.mean_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
+    root = tmp_path / "repo"
+    config = root / "src" / "sparo_clip" / "models" / "model_configs"
+    config.mkdir(parents=True)
+    shutil.copy(ROOT / "src" / "sparo_clip" / "models" / "model_configs" / "tiny-SPARO.json", config)
+    (root / "docs").mkdir()
+    (root / "docs" / "quickstart.md").write_text(
+        "# q\n<!-- plateau-curve:begin -->\nold\n<!-- plateau-curve:end -->\n"
+    )
+    monkeypatch.setattr(study, "ROOT", root)
+    monkeypatch.setattr(recipe_mod, "RECIPE_FILE", tmp_path / "recipe.json")
+    return fake, root, tmp_path
 
 
-@pytest.mark.parametrize(
-    "argv, message",
-    [(["--budgets", "0"], "--budgets"), (["--seeds", "1", "1"], "--seeds"), (["--lrs", "0"], "--lrs")],
-)
-def test_bad_options(argv, message, capsys, tmp_path):
-    assert study.main([*argv, "--out", str(tmp_path)], runner=Runner()) == 2
-    assert message in capsys.readouterr().err
+def test_tuning_brackets_each_learning_rate_and_chooses_the_slot_shape_on_validation(sandbox):
+    fake, root, tmp = sandbox
+    argv = ["--stage", "tune", "--epochs", "4", "--out", str(tmp / "runs"), "--data", str(tmp / "data")]
+    assert study.main(argv) == 0
+    tuning = json.loads((tmp / "runs" / "study.json").read_text())["tuning"]
+    assert tuning["lr"] == {"CLIP": 1e-3, "SPARO": pytest.approx(9e-3)}
+    assert (
+        "0.009" in tuning["lr_scores"]["SPARO"] and "0.027" in tuning["lr_scores"]["SPARO"]
+    )  # extended, bracketed
+    assert "0.009" not in tuning["lr_scores"]["CLIP"]  # CLIP's optimum was inside the grid: no extension
+    assert tuning["slot_shape"] == "8x32"
+    assert all(cfg.seed == 1000 for _, cfg in fake.trained)  # tuning never touches a comparison seed
+
+
+def test_plateau_stage_writes_the_recipe_the_slot_shape_and_the_curve(sandbox):
+    fake, root, tmp = sandbox
+    common = ["--epochs", "4", "--out", str(tmp / "runs"), "--data", str(tmp / "data")]
+    assert study.main(["--stage", "tune", *common]) == 0
+    assert study.main(["--stage", "plateau", "--write-recipe", *common]) == 0
+    recipe = recipe_mod.load()
+    assert recipe.epochs == 4 and recipe.lr == {"CLIP": 1e-3, "SPARO": pytest.approx(9e-3)}
+    assert "benchmarks.study" in recipe.measured_by and recipe.evidence["plateau"]["CLIP-e4"]["flat"] in (
+        True,
+        False,
+    )
+    cfg = json.loads(
+        (root / "src" / "sparo_clip" / "models" / "model_configs" / "tiny-SPARO.json").read_text()
+    )
+    assert (
+        cfg["sparo_cfg"]["num_slots"] == 8 and cfg["sparo_cfg"]["slot_dim"] == 32 and cfg["embed_dim"] == 256
+    )
+    doc = (root / "docs" / "quickstart.md").read_text()
+    assert (
+        "old" not in doc
+        and "tiny-SPARO, 8 epochs" in doc
+        and (root / "docs" / "img" / "quickstart" / "plateau.png").is_file()
+    )
+    trained = {label for label, _ in fake.trained}
+    assert {f"{m}-e{e}-seed1000" for m in ("CLIP", "SPARO") for e in (4, 8)} <= trained  # budget, twice it
+
+
+def test_comparison_over_seeds_and_budgets_writes_a_plain_conclusion(sandbox):
+    fake, root, tmp = sandbox
+    recipe_mod.write(recipe_mod.Recipe(epochs=6, lr={"CLIP": 1e-3, "SPARO": 1e-3}))
+    argv = ["--stage", "compare", "--seeds", "3", "--epochs", "6", "--short-epochs", "2", "--out", str(tmp / "runs"),
+            "--data", str(tmp / "data"), "--write-docs"]  # fmt: skip
+    state_dir = tmp / "runs"
+    state_dir.mkdir()
+    (state_dir / "study.json").write_text(json.dumps({"tuning": {"lr": {"CLIP": 1e-3, "SPARO": 1e-3},
+        "lr_scores": {"CLIP": {"0.001": 0.6}, "SPARO": {"0.001": 0.6}}, "slot_shape": "4x64",
+        "slot_scores": {"4x64": 0.6}, "tune_seed": 1000}}))  # fmt: skip
+    assert study.main(argv) == 0
+    state = json.loads((state_dir / "study.json").read_text())
+    assert set(state["compare"]) == {"2", "6"}
+    row = state["compare"]["6"]["comparison"]["clean binding, seen pairs"]
+    assert row["diff"]["mean"] == pytest.approx(0.1) and row["diff"]["low"] == pytest.approx(0.1)  # no spread
+    doc = (root / "docs" / "study.md").read_text()
+    assert "SPARO ahead" in doc and "no difference detected" in doc  # retrieval is equal for both
+    assert "3 seeds" in doc and "paired t" in doc
+    seeds = {cfg.seed for _, cfg in fake.trained}
+    assert seeds == {0, 1, 2}

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sugarcrepe-per-task", type=int, default=SizeCfg.sugarcrepe_per_task)
     p.add_argument("--test-size", type=int, default=SizeCfg.test, help="test pairs (half novel scenes)")
     p.add_argument("--sugarcrepe-val-per-task", type=int, default=SizeCfg.sugarcrepe_val_per_task)
+    p.add_argument(
+        "--binding-per-group", type=int, default=SizeCfg.binding_per_group, help="clean binding items"
+    )
     p.add_argument("--small", action="store_true", help="a tiny world for smoke tests (overrides the sizes)")
     p.add_argument("--force", action="store_true", help="regenerate even if the folder is up to date")
     return p
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 sugarcrepe_per_task=args.sugarcrepe_per_task,
                 test=args.test_size,
                 sugarcrepe_val_per_task=args.sugarcrepe_val_per_task,
+                binding_per_group=args.binding_per_group,
             )
         )
         _check_writable(Path(args.out))  # before any image is drawn

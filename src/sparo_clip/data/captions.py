@@ -3,8 +3,10 @@
 A caption is built from a :class:`Spec`: a phrasing with object fields (``{A}``, ``{B}``, ``{C}``), the
 object behind each field, whether its size is said, and the relation words of relational phrasings. A wrong
 caption edits the spec (swap two objects' colours, swap the two sides of a relation, replace a colour or a
-shape by one absent from the image, add an absent object) and renders it with the same phrasing, so the
-positive and the negative differ only in what the task changes.
+shape by one absent from the image, name an absent object in place of a present one) and renders it with the
+same phrasing, so the positive and the negative differ only in what the task changes. As SugarCrepe requires,
+the captions alone must not tell them apart: a wrong caption names as many held-out pairs as the true one and
+has as many words (:func:`negative`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import dataclasses
 import random
 from dataclasses import dataclass
 
-from sparo_clip.data.world import INVERSE, RELATIONS, SIZES, Obj, Scene, WorldCfg, relation
+from sparo_clip.data.world import INVERSE, RELATIONS, Obj, Scene, WorldCfg, relation
 
 # Listing phrasings: prefix + "a X", "a X and a Y" or "a X, a Y and a Z".
 LIST_PREFIXES: tuple[str, ...] = ("", "there is ", "a picture of ", "an image with ")
@@ -87,13 +89,18 @@ class Spec:
         return dataclasses.replace(self, objects=tuple(objects))
 
 
-def make_spec(scene: Scene, rng: random.Random, relational: bool | None = None) -> Spec:
-    """A random phrasing of the scene (relational or not, when ``relational`` is None)."""
+def make_spec(
+    scene: Scene, rng: random.Random, relational: bool | None = None, world: WorldCfg | None = None
+) -> Spec:
+    """A random phrasing of the scene (relational or not, when ``relational`` is None, by the world's share;
+    each object's size said by the world's size share)."""
+    relational_share = RELATIONAL_SHARE if world is None else world.relational_share
+    size_share = SIZE_SHARE if world is None else world.size_share
     objects = list(scene.objects)
     rng.shuffle(objects)
-    sizes = tuple(rng.random() < SIZE_SHARE for _ in objects)
+    sizes = tuple(rng.random() < size_share for _ in objects)
     if relational is None:
-        relational = len(objects) > 1 and rng.random() < RELATIONAL_SHARE
+        relational = len(objects) > 1 and rng.random() < relational_share
     if not relational:
         return Spec(rng.choice(LIST_PREFIXES), tuple(objects), sizes)
     if len(objects) < 2:
@@ -107,83 +114,117 @@ def make_spec(scene: Scene, rng: random.Random, relational: bool | None = None) 
     return Spec(template, tuple(objects), sizes, tuple(r for r in rels if r is not None))
 
 
-def caption(scene: Scene, rng: random.Random) -> str:
-    """A training caption of the scene in a random phrasing."""
-    return make_spec(scene, rng).text()
+def caption(scene: Scene, rng: random.Random, world: WorldCfg | None = None) -> str:
+    """A training caption of the scene in a random phrasing (the world's shares of relations and sizes)."""
+    return make_spec(scene, rng, world=world).text()
 
 
-def _focus(spec: Spec, unseen: frozenset) -> list[int]:
-    """Fields a task should edit: those showing a held-out pair if there are any, else all."""
-    hits = [i for i, o in enumerate(spec.objects) if o.composition in unseen]
-    return hits or list(range(len(spec.objects)))
+def world_tasks(world: WorldCfg) -> tuple[str, ...]:
+    """The tasks a world's captions allow (``swap_obj`` needs relational captions)."""
+    return tuple(t for t in TASKS if t != "swap_obj" or world.relational_share > 0)
 
 
-def negative(task: str, spec: Spec, scene: Scene, world: WorldCfg, rng: random.Random) -> Spec:
-    """The spec of a caption that is wrong for the scene, made as the task says.
+def held_out_named(spec: Spec, unseen: frozenset) -> int:
+    """How many times a caption names a held-out colour-shape pair (an object named twice counts twice)."""
+    counts = [
+        spec.template.count("{" + f + "}") if spec.relational else 1 for f in "ABC"[: len(spec.objects)]
+    ]
+    return sum(n for o, n in zip(spec.objects, counts, strict=True) if o.composition in unseen)
 
-    Args:
-        task: one of ``TASKS``.
-        spec: the spec of the true caption (relational for ``swap_obj``, a listing for ``add_obj``).
-        scene: the scene the caption describes.
-        world: the world (for absent colours and shapes).
-        rng: the sample's random generator.
 
-    Returns:
-        The spec of the wrong caption; its text differs from the true one.
-    """
-    focus = _focus(spec, world.unseen)
+def words(text: str) -> int:
+    """A caption's length in words (what a length prior would read)."""
+    return len(text.split())
+
+
+def _candidates(task: str, spec: Spec, scene: Scene, world: WorldCfg) -> list[tuple[Spec, frozenset[int]]]:
+    """Every wrong caption the task can make from ``spec``, with the fields each edit touches."""
     n = len(spec.objects)
+    absent_colors = [c for c in world.colors if c not in scene.colors]
+    absent_shapes = [s for s in world.shapes if s not in scene.shapes]
+    out: list[tuple[Spec, frozenset[int]]] = []
     if task == "swap_att":  # the colours of two objects trade places
         if n < 2:
             raise ValueError("swap_att needs a caption with at least 2 objects")
-        i = rng.choice(focus)
-        j = rng.choice([k for k in range(n) if k != i])
-        a, b = spec.objects[i], spec.objects[j]
-        out = spec.replace_object(i, dataclasses.replace(a, color=b.color))
-        return out.replace_object(j, dataclasses.replace(b, color=a.color))
-    if task == "swap_obj":  # the two sides of the first relation trade places
+        for i in range(n):
+            for j in range(i + 1, n):
+                a, b = spec.objects[i], spec.objects[j]
+                edited = spec.replace_object(i, dataclasses.replace(a, color=b.color))
+                out.append(
+                    (edited.replace_object(j, dataclasses.replace(b, color=a.color)), frozenset((i, j)))
+                )
+    elif task == "swap_obj":  # the two sides of the first relation trade places
         if not spec.relational:
             raise ValueError("swap_obj needs a relational caption")
         objects, sizes = list(spec.objects), list(spec.sizes)
         objects[0], objects[1] = objects[1], objects[0]
         sizes[0], sizes[1] = sizes[1], sizes[0]
-        return dataclasses.replace(spec, objects=tuple(objects), sizes=tuple(sizes))
-    if task == "replace_att":  # one object's colour becomes a colour absent from the image
-        i = rng.choice(focus)
-        color = rng.choice([c for c in world.colors if c not in scene.colors])
-        return spec.replace_object(i, dataclasses.replace(spec.objects[i], color=color))
-    if task == "replace_obj":  # one object's shape becomes a shape absent from the image
-        i = rng.choice(focus)
-        shape = rng.choice([s for s in world.shapes if s not in scene.shapes])
-        return spec.replace_object(i, dataclasses.replace(spec.objects[i], shape=shape))
-    if task == "add_obj":  # an object whose colour and shape are both absent joins the list
+        out.append((dataclasses.replace(spec, objects=tuple(objects), sizes=tuple(sizes)), frozenset((0, 1))))
+    elif task == "replace_att":  # one object's colour becomes a colour absent from the image
+        for i in range(n):
+            for c in absent_colors:
+                out.append(
+                    (spec.replace_object(i, dataclasses.replace(spec.objects[i], color=c)), frozenset((i,)))
+                )
+    elif task == "replace_obj":  # one object's shape becomes a shape absent from the image
+        for i in range(n):
+            for s in absent_shapes:
+                out.append(
+                    (spec.replace_object(i, dataclasses.replace(spec.objects[i], shape=s)), frozenset((i,)))
+                )
+    elif task == "add_obj":  # an absent object (colour and shape both absent) named in place of a present one
         if spec.relational:
             raise ValueError("add_obj needs a listing caption")
-        color = rng.choice([c for c in world.colors if c not in scene.colors])
-        shape = rng.choice([s for s in world.shapes if s not in scene.shapes])
-        new = Obj(color, shape, rng.choice(sorted(SIZES)), -1.0, -1.0)
-        at = rng.randrange(n + 1)
-        objects = (*spec.objects[:at], new, *spec.objects[at:])
-        sizes = (*spec.sizes[:at], rng.random() < SIZE_SHARE, *spec.sizes[at:])
-        return Spec(spec.template, objects, sizes)
-    raise ValueError(f"task={task!r} is not valid: expected one of {list(TASKS)}")
+        for i in range(n):
+            for c in absent_colors:
+                for s in absent_shapes:
+                    absent = Obj(c, s, spec.objects[i].size, -1.0, -1.0)
+                    out.append((spec.replace_object(i, absent), frozenset((i,))))
+    else:
+        raise ValueError(f"task={task!r} is not valid: expected one of {list(TASKS)}")
+    return out
 
 
-def task_pair(task: str, scene: Scene, world: WorldCfg, rng: random.Random) -> tuple[str, str]:
-    """(true caption, wrong caption) of the scene for a SugarCrepe-style task."""
-    relational = {"swap_obj": True, "add_obj": False}.get(task)
-    spec = make_spec(scene, rng, relational=relational)
-    return spec.text(), negative(task, spec, scene, world, rng).text()
+def negative(task: str, spec: Spec, scene: Scene, world: WorldCfg, rng: random.Random) -> Spec | None:
+    """A wrong caption for the scene, made as the task says, that the caption alone cannot give away.
+
+    Among the task's edits, only those that name as many held-out pairs as the true caption and have as many
+    words are allowed (an edit never creates or removes a held-out pair, and no length cue is left); among
+    those, one touching a held-out object is preferred (the novel composition is what is tested).
+
+    Args:
+        task: one of ``TASKS``.
+        spec: the spec of the true caption (relational for ``swap_obj``, a listing for ``add_obj``).
+        scene: the scene the caption describes.
+        world: the world (held-out pairs; absent colours and shapes).
+        rng: the sample's random generator.
+
+    Returns:
+        The spec of the wrong caption, or None when no allowed edit exists (the item is then dropped).
+    """
+    want_held_out, want_words = held_out_named(spec, world.unseen), words(spec.text())
+    allowed = [
+        (edited, touched)
+        for edited, touched in _candidates(task, spec, scene, world)
+        if held_out_named(edited, world.unseen) == want_held_out
+        and words(edited.text()) == want_words
+        and edited.text() != spec.text()
+    ]
+    held = {i for i, o in enumerate(spec.objects) if o.composition in world.unseen}
+    focused = [(e, t) for e, t in allowed if t & held]
+    pool = focused or allowed
+    return rng.choice(pool)[0] if pool else None
 
 
 __all__ = [
     "INVERSE",
     "TASKS",
+    "world_tasks",
+    "held_out_named",
     "ZEROSHOT_TEMPLATES",
     "Spec",
     "caption",
     "make_spec",
     "negative",
     "phrase",
-    "task_pair",
 ]

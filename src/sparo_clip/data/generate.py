@@ -36,9 +36,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from sparo_clip.data.captions import TASKS
+from sparo_clip.data.captions import world_tasks
 from sparo_clip.data.sets import (
     SizeCfg,
+    binding_set,
     caption_samples,
     sugarcrepe_sets,
     test_pairs,
@@ -49,9 +50,12 @@ from sparo_clip.data.sets import (
 )
 from sparo_clip.data.world import WorldCfg, composition_name
 
-GENERATOR_VERSION = 3  # bump whenever the same settings would give other files
+GENERATOR_VERSION = 4  # bump whenever the same settings would give other files
 MANIFEST = "dataset.json"
-_OWNED = ("train", "val", "test", "zeroshot", "sugarcrepe", "sugarcrepe_val", "clip_benchmark")
+_OWNED = (
+    "train", "val", "test", "zeroshot", "sugarcrepe", "sugarcrepe_val", "sugarcrepe_blank", "sugarcrepe_val_blank",
+    "binding", "binding_blank", "clip_benchmark",
+)  # fmt: skip
 _logger = logging.getLogger("sparo_clip.data.generate")
 
 
@@ -87,7 +91,8 @@ def generate(
         + 2 * sizes.val
         + sizes.test
         + num_classes * sizes.zeroshot_per_class
-        + len(TASKS) * (sizes.sugarcrepe_per_task + sizes.sugarcrepe_val_per_task)
+        + len(world_tasks(world)) * (sizes.sugarcrepe_per_task + sizes.sugarcrepe_val_per_task)
+        + 2 * sizes.binding_per_group
     )
     train_rows = ["filepath\ttitle"]
 
@@ -113,6 +118,7 @@ def generate(
         zeroshot = zeroshot_sets(out, world, sizes, bar)
         sugarcrepe = sugarcrepe_sets(out, world, sizes.sugarcrepe_per_task, "sugarcrepe", bar)
         sugarcrepe_val = sugarcrepe_sets(out, world, sizes.sugarcrepe_val_per_task, "sugarcrepe_val", bar)
+        binding = binding_set(out, world, sizes.binding_per_group, "binding", bar)
     manifest = {
         "settings": settings,
         "held_out": world.unseen_names,
@@ -133,6 +139,7 @@ def generate(
         },
         "sugarcrepe": sugarcrepe,
         "sugarcrepe_val": sugarcrepe_val,
+        "binding": binding,
     }
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")  # written last: marks a complete folder
     return manifest
@@ -147,4 +154,5 @@ SMALL_SIZES = SizeCfg(
     sugarcrepe_per_task=16,
     test=32,
     sugarcrepe_val_per_task=8,
+    binding_per_group=8,
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import random
@@ -13,9 +14,18 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from sparo_clip.data.captions import TASKS, ZEROSHOT_TEMPLATES, caption, task_pair
+from sparo_clip.data.captions import ZEROSHOT_TEMPLATES, Spec, caption, make_spec, negative, world_tasks
 from sparo_clip.data.render import png_bytes, render_scene
-from sparo_clip.data.world import WorldCfg, composition_name, sample_scene
+from sparo_clip.data.world import (
+    Composition,
+    Obj,
+    Scene,
+    WorldCfg,
+    composition_name,
+    fits,
+    sample_scene,
+    scene_of,
+)
 
 GROUPS = ("seen", "novel")  # scenes of training pairs only / scenes with a held-out pair
 
@@ -31,6 +41,7 @@ class SizeCfg:
     sugarcrepe_per_task: int = 200
     test: int = 400
     sugarcrepe_val_per_task: int = 100
+    binding_per_group: int = 200
 
     def __post_init__(self) -> None:
         for name in (
@@ -41,16 +52,22 @@ class SizeCfg:
             "sugarcrepe_per_task",
             "test",
             "sugarcrepe_val_per_task",
+            "binding_per_group",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} is not valid: expected a positive integer")
         if self.train < self.shards:
             raise ValueError(f"train={self.train} must be at least shards={self.shards} (one sample a shard)")
-        for name in ("test", "sugarcrepe_per_task", "sugarcrepe_val_per_task"):
-            if getattr(self, name) < 2:
+        if self.test < 2:
+            raise ValueError(f"test={self.test} must be at least 2: half seen, half novel scenes")
+        for name in ("sugarcrepe_per_task", "sugarcrepe_val_per_task", "binding_per_group"):
+            value = getattr(self, name)
+            multiple = 2 if name == "binding_per_group" else 4
+            if value % multiple:
                 raise ValueError(
-                    f"{name}={getattr(self, name)} must be at least 2: half seen, half novel scenes"
+                    f"{name}={value} must be a multiple of {multiple}: items come in mirrored pairs"
+                    + (", half of them seen scenes, half novel ones" if multiple == 4 else "")
                 )
 
 
@@ -102,7 +119,7 @@ def caption_samples(
         scene = sample_scene(rng, world, rng.randint(world.min_objects, world.max_objects), scene_mode)
         png = png_bytes(render_scene(scene, world))
         bar.update()
-        text = caption(scene, rng).encode()
+        text = caption(scene, rng, world).encode()
         meta = json.dumps(
             scene.to_dict(), sort_keys=True
         ).encode()  # the objects drawn: colour, shape, size, x, y
@@ -227,28 +244,193 @@ def test_pairs(out: Path, world: WorldCfg, sizes: SizeCfg, bar: tqdm) -> dict[st
     return {"csv": csv_path, "num_samples": len(samples), "groups": {g: groups.count(g) for g in GROUPS}}
 
 
+MAX_DRAWS = 200  # scenes drawn for one mirrored pair of items before giving up (each failed draw is counted)
+
+
+def _item(filename: str, positive: str, negative: str, group: str, cluster: str) -> dict[str, str]:
+    return {
+        "filename": filename,
+        "caption": positive,
+        "negative_caption": negative,
+        "group": group,
+        "cluster": cluster,
+    }
+
+
+def _held_out(objects: tuple[Obj, ...], world: WorldCfg) -> list[str]:
+    return sorted(composition_name(o.composition) for o in objects if o.composition in world.unseen)
+
+
+def mirrored_scene(task: str, true: Spec, wrong: Spec, scene: Scene, world: WorldCfg) -> Scene | None:
+    """The scene the wrong caption describes: the edit applied to the image (None when it cannot be drawn).
+
+    Colour and shape edits change the edited objects and keep every size and place; ``swap_obj`` exchanges
+    the places of the two objects of the first relation (None when one of them does not fit at the other's
+    place next to the rest).
+    """
+    if task == "swap_obj":  # the two objects of the first relation exchange places (each keeps its size)
+        objects = list(scene.objects)
+        a, b = (scene.objects.index(true.objects[k]) for k in (0, 1))
+        pa, pb = objects[a], objects[b]
+        objects[a] = Obj(pa.color, pa.shape, pa.size, pb.x, pb.y)
+        objects[b] = Obj(pb.color, pb.shape, pb.size, pa.x, pa.y)
+        return Scene(tuple(objects)) if fits(world, objects) else None
+    by_obj = {id(o): i for i, o in enumerate(true.objects)}
+    objects = []
+    for o in scene.objects:
+        edited = wrong.objects[by_obj[id(o)]]
+        objects.append(Obj(edited.color, edited.shape, o.size, o.x, o.y))
+    return Scene(tuple(objects))
+
+
+def mirrored_pair(
+    task: str, scene: Scene, world: WorldCfg, rng: random.Random
+) -> tuple[tuple[str, str], Scene] | None:
+    """(true caption, wrong caption) of the scene, and the scene of the wrong caption (for the mirror item).
+
+    None when the scene allows no wrong caption the captions alone cannot give away (:func:`captions.negative`)
+    or its mirror scene cannot be drawn.
+    """
+    relational = {"swap_obj": True, "add_obj": False}.get(task)
+    spec = make_spec(scene, rng, relational=relational, world=world)
+    wrong = negative(task, spec, scene, world, rng)
+    if wrong is None:
+        return None
+    mirror = mirrored_scene(task, spec, wrong, scene, world)
+    return None if mirror is None else ((spec.text(), wrong.text()), mirror)
+
+
+def _mirrored_items(
+    root: Path,
+    stem: str,
+    index: int,
+    pair: tuple[str, str],
+    scenes: tuple[Scene, Scene],
+    group: str,
+    world: WorldCfg,
+) -> dict[str, dict[str, str]]:
+    """Two items: the scene with (true, wrong) and the mirror scene with (wrong, true); any reader of the captions
+    alone is right on exactly one of them. They share a cluster (their errors are not independent)."""
+    held = sorted(set(_held_out(scenes[0].objects, world)) | set(_held_out(scenes[1].objects, world)))
+    cluster = "+".join(held) if held else f"{stem} {index}"
+    items = {}
+    for k, (scene, (pos, neg)) in enumerate(zip(scenes, (pair, pair[::-1]), strict=True)):
+        filename = f"{stem}_{index:05d}_{'ab'[k]}.png"
+        (root / "images" / filename).write_bytes(png_bytes(render_scene(scene, world)))
+        items[f"{index}{'ab'[k]}"] = _item(filename, pos, neg, group, cluster)
+    return items
+
+
 def sugarcrepe_sets(out: Path, world: WorldCfg, per_task: int, name: str, bar: tqdm) -> dict[str, Any]:
-    """The compositionality sets under ``out/name``; even items seen-only scenes, odd items novel ones."""
+    """The compositionality sets under ``out/name``, in mirrored pairs: half seen-only scenes, half novel ones.
+
+    Every item comes with its mirror (the scene of its wrong caption, with the two captions exchanged), so the
+    set's captions carry no prior: a reader of the captions alone scores exactly 0.5. A scene whose task allows
+    no balanced wrong caption (:func:`captions.negative`) or no mirror is dropped and another drawn; the number
+    dropped per task is reported.
+    """
     root = out / name
     (root / "images").mkdir(parents=True, exist_ok=True)
-    counts = {}
-    for task in TASKS:
-        items = {}
-        for i in range(per_task):
-            rng = _rng(world.seed, f"{name}/{task}", i)
-            low = max(2, world.min_objects)
+    counts, dropped = {}, {}
+    for task in world_tasks(world):
+        items: dict[str, dict[str, str]] = {}
+        dropped[task] = 0
+        for i in range(max(1, per_task // 2)):
             group, mode = _group_mode(i)
-            scene = sample_scene(rng, world, rng.randint(low, world.max_objects), mode)
-            filename = f"{task}_{i:05d}.png"
-            (root / "images" / filename).write_bytes(png_bytes(render_scene(scene, world)))
-            positive, negative = task_pair(task, scene, world, rng)
-            items[str(i)] = {
-                "filename": filename,
-                "caption": positive,
-                "negative_caption": negative,
-                "group": group,
-            }
-            bar.update()
+            for draw in range(MAX_DRAWS):
+                rng = _rng(world.seed, f"{name}/{task}" + (f"/{draw}" if draw else ""), i)
+                low = max(2, world.min_objects)
+                scene = sample_scene(rng, world, rng.randint(low, world.max_objects), mode)
+                made = mirrored_pair(task, scene, world, rng)
+                if made is not None:
+                    break
+                dropped[task] += 1
+            else:
+                raise RuntimeError(
+                    f"{task}: no balanced, mirrorable item in {MAX_DRAWS} scenes of world {world}"
+                )
+            pair, mirror = made
+            items |= _mirrored_items(root, task, i, pair, (scene, mirror), group, world)
+            bar.update(2)
         (root / f"{task}.json").write_text(json.dumps(items, indent=1) + "\n")
         counts[task] = len(items)
-    return {"root": str(root), "image_dir": str(root / "images"), "tasks": counts}
+    blank = _blank_set(
+        out, world, name, {t: json.loads((root / f"{t}.json").read_text()) for t in world_tasks(world)}
+    )
+    return {
+        "root": str(root),
+        "image_dir": str(root / "images"),
+        "tasks": counts,
+        "dropped": dropped,
+        "blank": blank,
+    }
+
+
+def binding_pairs(world: WorldCfg) -> dict[str, list[tuple[Composition, Composition]]]:
+    """Two-object compositions whose colour swap is balanced, by group.
+
+    ``seen``: both objects and both swapped objects are training pairs. ``novel``: exactly one object is a
+    held-out pair, and so is exactly one of the swapped objects.
+    """
+    unseen = world.unseen
+    groups: dict[str, list[tuple[Composition, Composition]]] = {"seen": [], "novel": []}
+    for a in world.compositions:
+        for b in world.compositions:
+            if a[0] == b[0] or a[1] == b[1] or a >= b:
+                continue
+            shown = (a in unseen) + (b in unseen)
+            swapped = ((b[0], a[1]) in unseen) + ((a[0], b[1]) in unseen)
+            if shown == swapped == 0:
+                groups["seen"].append((a, b))
+            elif shown == swapped == 1:
+                groups["novel"].append((a, b))
+    return groups
+
+
+def binding_set(out: Path, world: WorldCfg, per_group: int, name: str, bar: tqdm) -> dict[str, Any]:
+    """The clean binding test: two-object scenes, the wrong caption swaps the two colours, in mirrored pairs.
+
+    Group ``seen``: both captions name only training pairs; group ``novel``: both name exactly one held-out pair.
+    Written as SugarCrepe's ``swap_att.json`` (``sparo-clip eval sugarcrepe --root out/name``). A world whose
+    held-out pairs allow no balanced ``novel`` item writes the ``seen`` group only (reported).
+    """
+    root = out / name
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    options = binding_pairs(world)
+    items: dict[str, dict[str, str]] = {}
+    i = 0
+    for group in ("seen", "novel"):
+        for _ in range(max(1, per_group // 2) if options[group] else 0):
+            rng = _rng(world.seed, f"{name}/{group}", i)
+            comps = list(rng.choice(options[group]))
+            rng.shuffle(comps)
+            scene = scene_of(rng, world, comps)
+            spec = make_spec(scene, rng, world=world)
+            a, b = spec.objects
+            wrong = spec.replace_object(0, dataclasses.replace(a, color=b.color))
+            wrong = wrong.replace_object(1, dataclasses.replace(b, color=a.color))
+            mirror = mirrored_scene("swap_att", spec, wrong, scene, world)
+            items |= _mirrored_items(
+                root, "binding", i, (spec.text(), wrong.text()), (scene, mirror), group, world
+            )
+            i += 1
+            bar.update(2)
+    (root / "swap_att.json").write_text(json.dumps(items, indent=1) + "\n")
+    blank = _blank_set(out, world, name, {"swap_att": items})
+    counts = {g: sum(it["group"] == g for it in items.values()) for g in ("seen", "novel")}
+    configurations = {g: len(v) for g, v in options.items()}
+    return {
+        "root": str(root), "image_dir": str(root / "images"), "groups": counts, "configurations": configurations,
+        "blank": blank,
+    }  # fmt: skip
+
+
+def _blank_set(out: Path, world: WorldCfg, name: str, tasks: dict[str, dict[str, dict[str, str]]]) -> str:
+    """The same items against one blank image (the background alone): what a model prefers without the image."""
+    root = out / f"{name}_blank"
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "images" / "blank.png").write_bytes(png_bytes(render_scene(Scene(()), world)))
+    for task, items in tasks.items():
+        blank = {k: dict(v, filename="blank.png") for k, v in items.items()}
+        (root / f"{task}.json").write_text(json.dumps(blank, indent=1) + "\n")
+    return str(root)

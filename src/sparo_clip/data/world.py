@@ -82,6 +82,9 @@ class WorldCfg:
             so that every colour and every shape keeps seen pairs. Ignored when ``holdout`` is given.
         holdout: explicit held-out pairs, e.g. ``("red circle", "blue star")``; ``None`` = seeded choice.
         seed: seed of every random choice of the generator.
+        relational_share: share of 2-3 object captions that state relations (the rest list the objects);
+            0 gives listings only (and no ``swap_obj`` set).
+        size_share: chance that a caption says an object's size.
     """
 
     colors: tuple[str, ...] = DEFAULT_COLORS
@@ -92,6 +95,8 @@ class WorldCfg:
     holdout_fraction: float = 0.2
     holdout: tuple[str, ...] | None = None
     seed: int = 0
+    relational_share: float = 0.7
+    size_share: float = 0.5
     _unseen: frozenset[Composition] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -114,6 +119,10 @@ class WorldCfg:
                 "and below the number of colours and of shapes so that wrong captions can name absent ones)"
             )
         _check_int("min_objects", self.min_objects, 1, self.max_objects)
+        for name in ("relational_share", "size_share"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"{name}={value!r} is not valid: expected a share in [0, 1]")
         if not isinstance(self.holdout_fraction, (int, float)) or not 0 <= self.holdout_fraction < 1:
             raise ValueError(f"holdout_fraction={self.holdout_fraction!r} is not valid: expected 0 <= f < 1")
         if self.holdout is not None:
@@ -181,6 +190,8 @@ class WorldCfg:
             "holdout_fraction": self.holdout_fraction,
             "holdout": None if self.holdout is None else list(self.holdout),
             "seed": self.seed,
+            "relational_share": self.relational_share,
+            "size_share": self.size_share,
         }
 
 
@@ -293,6 +304,21 @@ def _place(rng: random.Random, world: WorldCfg, extents: list[float]) -> list[tu
     raise RuntimeError(f"could not place objects of extents {extents} in a {side}px image")
 
 
+def fits(world: WorldCfg, objects: list[Obj] | tuple[Obj, ...]) -> bool:
+    """Whether objects at their places lie inside the image, apart, and with every pair clearly related."""
+    side, gap = world.image_size, max(1.0, 0.03 * world.image_size)
+    for k, o in enumerate(objects):
+        half = world.size_px(o.size) / 2 + 1
+        if not (half <= o.x <= side - half and half <= o.y <= side - half):
+            return False
+        for other in objects[:k]:
+            if not _compatible(
+                (o.x, o.y), world.size_px(o.size), (other.x, other.y), world.size_px(other.size), gap
+            ):
+                return False
+    return True
+
+
 def _compatible(p: tuple[float, float], ep: float, q: tuple[float, float], eq: float, gap: float) -> bool:
     dx, dy = abs(p[0] - q[0]), abs(p[1] - q[1])
     apart = max(dx, dy) >= (ep + eq) / 2 + gap
@@ -314,7 +340,13 @@ def sample_scene(rng: random.Random, world: WorldCfg, num_objects: int, mode: st
     if mode == "unseen" and not world.unseen:
         raise ValueError("mode='unseen' needs held-out pairs, but this world holds none out")
     _check_int("num_objects", num_objects, 1, world.max_objects)
-    comps = _pick_compositions(rng, world, num_objects, mode)
+    return scene_of(rng, world, _pick_compositions(rng, world, num_objects, mode))
+
+
+def scene_of(rng: random.Random, world: WorldCfg, comps: list[Composition]) -> Scene:
+    """A scene of the given colour-shape pairs (distinct colours and shapes), with seeded sizes and places."""
+    if len({c for c, _ in comps}) != len(comps) or len({s for _, s in comps}) != len(comps):
+        raise ValueError(f"the objects of a scene need distinct colours and distinct shapes, got {comps}")
     sizes = [rng.choice(sorted(SIZES)) for _ in comps]
     centres = _place(rng, world, [world.size_px(s) for s in sizes])
     objects = tuple(

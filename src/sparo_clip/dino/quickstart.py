@@ -136,7 +136,7 @@ def run(budget: Budget, out: Path, world: WorldCfg) -> dict[str, Any]:
     start = time.perf_counter()
     # the DINO job reads the training images and the zero-shot folders; the other sets stay at their minimum
     sizes = SizeCfg(train=budget.train_images, val=8, shards=4, zeroshot_per_class=2 * budget.per_class,
-                    sugarcrepe_per_task=2, test=2, sugarcrepe_val_per_task=2)  # fmt: skip
+                    sugarcrepe_per_task=4, test=2, sugarcrepe_val_per_task=4, binding_per_group=2)  # fmt: skip
     manifest = generate(out / "data", world, sizes)
     probes = probe_sets(out / "data", out / "probe")
     data = {"pattern": manifest["train"]["pattern"]}

@@ -59,6 +59,7 @@ class Items:
     item_task: list[int]
     tasks: list[str]
     item_group: list[str] | None = None
+    item_cluster: list[str] | None = None  # what an item's errors may share (optional "cluster" of an entry)
 
 
 def read_items(root: str | Path, image_dir: str | Path | None = None) -> Items:
@@ -79,6 +80,7 @@ def read_items(root: str | Path, image_dir: str | Path | None = None) -> Items:
     index: dict[str, int] = {}
     items = Items([], [], [], [], [], tasks)
     groups: list[str | None] = []
+    clusters: list[str | None] = []
     for task_id, task in enumerate(tasks):
         path = root / f"{task}.json"
         try:
@@ -98,6 +100,10 @@ def read_items(root: str | Path, image_dir: str | Path | None = None) -> Items:
             if group is not None and (not isinstance(group, str) or not group):
                 raise DataError(f"{path}: entry {key!r} has group {group!r}; expected a non-empty string")
             groups.append(group)
+            cluster = entry.get("cluster")
+            clusters.append(None if cluster is None else f"{task}/{cluster}")
+    if all(c is not None for c in clusters):
+        items.item_cluster = [str(c) for c in clusters]
     if any(g is not None for g in groups):
         if None in groups:
             raise DataError(f"--root {root}: some items have a 'group' and some do not; give every item one")
@@ -123,6 +129,7 @@ class SugarCrepeCache(SlotCache):
     name: str = "sugarcrepe"
     item_group: torch.Tensor | None = None
     groups: tuple[str, ...] = ()
+    item_cluster: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.pos = SlotScores(self.images, self.captions, paired=True)
@@ -159,6 +166,8 @@ class SugarCrepeCache(SlotCache):
         }
         if self.item_group is not None:
             out |= {"group": self.item_group.cpu(), "groups": list(self.groups)}
+        if self.item_cluster is not None:
+            out["cluster"] = self.item_cluster.cpu()
         return out
 
     def subset(self, index: torch.Tensor) -> SugarCrepeCache:
@@ -171,11 +180,20 @@ class SugarCrepeCache(SlotCache):
             self.name,
             None if self.item_group is None else self.item_group[index],
             self.groups,
+            None if self.item_cluster is None else self.item_cluster[index],
         )
 
     def split(self, val_fraction: float, seed: int) -> tuple[SugarCrepeCache, SugarCrepeCache]:
         val, test = split_groups(self.item_task, val_fraction, seed, self.name)
         return self.subset(val), self.subset(test)
+
+
+def _codes(names: list[str] | None) -> torch.Tensor | None:
+    """Strings -> integer codes (in sorted order of the names), so that equal names share a code."""
+    if names is None:
+        return None
+    index = {n: i for i, n in enumerate(sorted(set(names)))}
+    return torch.tensor([index[n] for n in names])
 
 
 def encode(ctx: EvalContext, items: Items) -> dict[str, SugarCrepeCache]:
@@ -205,5 +223,6 @@ def encode(ctx: EvalContext, items: Items) -> dict[str, SugarCrepeCache]:
         "sugarcrepe",
         group,
         names,
+        _codes(items.item_cluster),
     )
     return {"sugarcrepe": cache}
