@@ -138,9 +138,7 @@ class _Run:
             return create_model_and_transforms(model_name, *args, **kwargs)
         if run_args.rank == 0:  # the run folder exists by now
             _write_model_config(run_args, self.override)
-        out = create_model_and_transforms(
-            model_name, *args, override_config=self.override, **kwargs
-        )
+        out = create_model_and_transforms(model_name, *args, override_config=self.override, **kwargs)
         if getattr(run_args, "init_from", None):  # before --resume, which open_clip_train applies later
             from sparo_clip.checkpoints.transfer import init_from_checkpoint
 
