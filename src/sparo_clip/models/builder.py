@@ -33,6 +33,7 @@ from typing import Any
 
 import open_clip
 import torch
+from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH, HFTokenizer
 
 from sparo_clip import integration
 from sparo_clip.errors import CheckpointError, ConfigError
@@ -61,6 +62,23 @@ def registered_name(model_name: str) -> str:
     return model_name if model_name.startswith(SCHEMAS) else model_name.replace("/", "-")
 
 
+def check_schema_pretrained(model_name: str, pretrained: str | None, what: str = "pretrained") -> None:
+    """A ``local-dir:`` / ``hf-hub:`` model brings its own weights: refuse a checkpoint given beside it.
+
+    OpenCLIP ignores ``pretrained`` for such names (with a log line), so the folder's weights would be used while
+    the caller believes the checkpoint's are.
+
+    Raises:
+        ConfigError: naming both and what to do instead.
+    """
+    if pretrained and model_name.startswith(SCHEMAS):
+        raise ConfigError(
+            f"{what}={pretrained!r} cannot be combined with {model_name!r}: a {model_name.split(':')[0]}: model "
+            "loads the weights saved with it (OpenCLIP would ignore the checkpoint); give the registered name "
+            "the checkpoint was trained as instead"
+        )
+
+
 def resolve_model_config(model_name: str, override_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """The config of ``model_name`` (registered, ``local-dir:DIR`` or ``hf-hub:org/name``) with the override merged.
 
@@ -70,12 +88,13 @@ def resolve_model_config(model_name: str, override_config: dict[str, Any] | None
     """
     try:
         cfg = open_clip.get_model_config(registered_name(model_name))
-    except (
-        OSError,
-        ValueError,
-        RuntimeError,
-    ) as e:  # a folder without open_clip_config.json, bad JSON, no hub
-        raise ConfigError(f"model {model_name!r}: cannot read its config ({e})") from e
+    except Exception as e:  # noqa: BLE001 (a folder without open_clip_config.json, bad JSON, no hub or no cache)
+        where = {"local-dir:": "the folder", "hf-hub:": "the hub (or its local cache, offline)"}
+        source = next((v for k, v in where.items() if model_name.startswith(k)), "OpenCLIP's registry")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"model {model_name!r}: cannot read its open_clip_config.json from {source} ({first})"
+        ) from e
     if cfg is None:
         models = open_clip.list_models()
         close = difflib.get_close_matches(model_name, models, n=5, cutoff=0.6)
@@ -118,7 +137,9 @@ def _override_kwargs(
         return {}
     merged = resolve_model_config(model_name, override)
     out = {key: merged[key] for key in override}
-    checkpoint = bool(kwargs.get("pretrained")) and kwargs.get("load_weights", True)
+    # a CLIP checkpoint follows: a file or tag, or the weights a local-dir: / hf-hub: model is saved with
+    weights = bool(kwargs.get("pretrained")) or model_name.startswith(SCHEMAS)
+    checkpoint = weights and kwargs.get("load_weights", True)
     rules = (
         ("text_cfg", "hf_model_name", "hf_model_pretrained", "pretrained_text", True),
         ("vision_cfg", "timm_model_name", "timm_model_pretrained", "pretrained_image", False),
@@ -135,6 +156,7 @@ def _prepared(model_name: str, kwargs: dict[str, Any], override: dict | None) ->
     refuse_jit(model_name, override, kwargs.get("jit", False))
     kwargs = dict(kwargs)
     pretrained = kwargs.get("pretrained")
+    check_schema_pretrained(model_name, pretrained)
     if pretrained is not None and not model_name.startswith(SCHEMAS) and not os.path.exists(pretrained):
         looks_like_file = os.sep in str(pretrained) or Path(str(pretrained)).suffix in CHECKPOINT_SUFFIXES
         if looks_like_file:  # anything else may be a pretrained tag, which OpenCLIP resolves
@@ -181,8 +203,34 @@ def create_model_and_transforms(
         return open_clip.create_model_and_transforms(model_name, **kwargs)
 
 
-def get_tokenizer(model_name: str, **kwargs: Any):
-    """The tokenizer of a model (``open_clip.get_tokenizer``; every name OpenCLIP takes)."""
+def get_tokenizer(model_name: str, override_config: dict[str, Any] | None = None, **kwargs: Any):
+    """The tokenizer of a model as built: ``open_clip.get_tokenizer``, or its Hugging Face text tower's own.
+
+    OpenCLIP picks a tokenizer from the registered config alone, and a Hugging Face one only from
+    ``text_cfg.hf_tokenizer_name``. A model whose text tower an override changes, or whose Hugging Face tower
+    (``text_cfg.hf_model_name``) names no tokenizer, gets the tokenizer of that tower here, with the merged
+    config's context length and tokenizer options; every other model gets OpenCLIP's. Training, evaluation and
+    the pictures all tokenize through this function, so the ids always fit the text tower.
+
+    Args:
+        model_name: any name OpenCLIP takes (registered, ``local-dir:DIR``, ``hf-hub:org/name``).
+        override_config: the override the model was built with (as :func:`create_model`'s).
+        **kwargs: ``context_length``, ``cache_dir`` and tokenizer options, as ``open_clip.get_tokenizer``'s.
+    """
+    text = resolve_model_config(model_name, override_config).get("text_cfg") or {}
+    tower_changed = isinstance((override_config or {}).get("text_cfg"), dict)
+    own = text.get("hf_tokenizer_name") or text.get("hf_model_name")
+    if own and (tower_changed or not text.get("hf_tokenizer_name")):
+        context_length = kwargs.pop("context_length", None) or text.get("context_length")
+        options = {**text.get("tokenizer_kwargs", {}), **kwargs}
+        return HFTokenizer(
+            own,
+            context_length=context_length or DEFAULT_CONTEXT_LENGTH,
+            tokenizer_mode=text.get("tokenizer_mode"),
+            **options,
+        )
+    if tower_changed and kwargs.get("context_length") is None and "context_length" in text:
+        kwargs["context_length"] = text["context_length"]
     return open_clip.get_tokenizer(registered_name(model_name), **kwargs)
 
 
