@@ -19,20 +19,19 @@
 So OpenCLIP's handling of precision, devices, ``force_*`` options, pretrained tags and transforms stays
 OpenCLIP's, and a SPARO config gives the same model whoever asks for it. :func:`create_model` adds
 ``override_config`` (deep-merged into the config) and loads every model's checkpoint through the checked
-loader; :func:`save_pretrained` writes OpenCLIP's ``local-dir:`` layout.
+loader (:func:`sparo_clip.checkpoints.sharing.save_pretrained` writes OpenCLIP's ``local-dir:`` layout).
+:func:`get_tokenizer` gives a model the tokenizer of the text tower it is built with.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import open_clip
-import torch
 from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH, HFTokenizer
 
 from sparo_clip import integration
@@ -40,8 +39,6 @@ from sparo_clip.errors import CheckpointError, ConfigError
 from sparo_clip.models.base import TORCHSCRIPT_UNSUPPORTED
 from sparo_clip.models.registry import MODEL_BUILDERS
 
-WEIGHTS_NAME = "open_clip_model.safetensors"
-CONFIG_NAME = "open_clip_config.json"
 SCHEMAS = ("local-dir:", "hf-hub:")  # names whose config lives in a folder or a hub repository
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".npz")
 
@@ -153,6 +150,7 @@ def _override_kwargs(
 
 
 def _prepared(model_name: str, kwargs: dict[str, Any], override: dict | None) -> dict[str, Any]:
+    resolve_model_config(model_name, override)  # an unknown name or unreadable folder / hub config: one line
     refuse_jit(model_name, override, kwargs.get("jit", False))
     kwargs = dict(kwargs)
     pretrained = kwargs.get("pretrained")
@@ -203,6 +201,24 @@ def create_model_and_transforms(
         return open_clip.create_model_and_transforms(model_name, **kwargs)
 
 
+def hf_tokenizer(text_cfg: dict[str, Any], **kwargs: Any) -> HFTokenizer:
+    """OpenCLIP's ``HFTokenizer`` for a text config: ``hf_tokenizer_name``, else the tower's ``hf_model_name``.
+
+    Context length, ``tokenizer_kwargs`` and ``tokenizer_mode`` come from the config (``kwargs`` win), as in
+    OpenCLIP's ``get_tokenizer``.
+    """
+    source = text_cfg.get("hf_tokenizer_name") or text_cfg.get("hf_model_name")
+    if not source:
+        raise ConfigError("text_cfg names no Hugging Face tokenizer (hf_tokenizer_name or hf_model_name)")
+    context_length = kwargs.pop("context_length", None) or text_cfg.get("context_length")
+    return HFTokenizer(
+        source,
+        context_length=context_length or DEFAULT_CONTEXT_LENGTH,
+        tokenizer_mode=text_cfg.get("tokenizer_mode"),
+        **{**text_cfg.get("tokenizer_kwargs", {}), **kwargs},
+    )
+
+
 def get_tokenizer(model_name: str, override_config: dict[str, Any] | None = None, **kwargs: Any):
     """The tokenizer of a model as built: ``open_clip.get_tokenizer``, or its Hugging Face text tower's own.
 
@@ -221,43 +237,7 @@ def get_tokenizer(model_name: str, override_config: dict[str, Any] | None = None
     tower_changed = isinstance((override_config or {}).get("text_cfg"), dict)
     own = text.get("hf_tokenizer_name") or text.get("hf_model_name")
     if own and (tower_changed or not text.get("hf_tokenizer_name")):
-        context_length = kwargs.pop("context_length", None) or text.get("context_length")
-        options = {**text.get("tokenizer_kwargs", {}), **kwargs}
-        return HFTokenizer(
-            own,
-            context_length=context_length or DEFAULT_CONTEXT_LENGTH,
-            tokenizer_mode=text.get("tokenizer_mode"),
-            **options,
-        )
+        return hf_tokenizer(text, **kwargs)
     if tower_changed and kwargs.get("context_length") is None and "context_length" in text:
         kwargs["context_length"] = text["context_length"]
     return open_clip.get_tokenizer(registered_name(model_name), **kwargs)
-
-
-def save_pretrained(
-    model: torch.nn.Module, out_dir: str | Path, model_cfg: dict[str, Any] | None = None
-) -> Path:
-    """Write ``open_clip_config.json`` (model + preprocess config) and the weights into ``out_dir``.
-
-    The folder loads with ``open_clip.create_model_and_transforms('local-dir:' + out_dir)``.
-
-    Args:
-        model: a sparo_clip model, or any OpenCLIP model when ``model_cfg`` is given.
-        out_dir: folder to write (created if needed).
-        model_cfg: the model config; defaults to ``model.model_cfg`` of a sparo_clip model.
-    """
-    from safetensors.torch import save_file
-
-    if model_cfg is None:
-        model_cfg = getattr(model, "model_cfg", None)
-        if not isinstance(model_cfg, dict):
-            raise ValueError("save_pretrained needs model_cfg= for models that do not carry their config")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    preprocess_cfg = open_clip.get_model_preprocess_cfg(model)
-    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
-    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    # safetensors refuses tensors that share storage (shared queries): store independent copies
-    state = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out / WEIGHTS_NAME))
-    return out
