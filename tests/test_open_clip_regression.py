@@ -41,8 +41,9 @@ class _Wrapper(torch.nn.Module):
         return {"test_output": self.head(features)}
 
 
-@pytest.fixture(params=list(MODELS))
+@pytest.fixture(scope="module", params=list(MODELS))
 def case(request):
+    """(name, seeded model, images, text, its outputs): built once per model; tests restore what they change."""
     name = request.param
     model = seeded_model(name)
     images, text = seeded_inputs(name)
@@ -60,8 +61,11 @@ def test_tuple_and_dict_forwards_agree_with_the_encoders(case):
     _, model, images, text, out = case
     assert torch.equal(out["image_features"], out["image"]) and torch.equal(out["text_features"], out["text"])
     model.output_dict = True
-    with torch.no_grad():
-        as_dict = model(images, text)
+    try:
+        with torch.no_grad():
+            as_dict = model(images, text)
+    finally:
+        model.output_dict = False
     assert isinstance(as_dict, dict) and not isinstance(out["image_features"], dict)
     for key in ("image_features", "text_features", "logit_scale"):
         assert torch.equal(as_dict[key], out[key]), key
@@ -90,7 +94,7 @@ def test_torchscript_free_paths_give_the_same_outputs(case):
     with pytest.raises(NotImplementedError, match="TorchScript is not supported"):
         torch.jit.script(_Wrapper(model, output_dict=False))
     results = []
-    for output_dict in (False, True):
+    for output_dict in (True, False):  # the wrapper sets model.output_dict: False (the model's own) last
         torch.manual_seed(0)  # the same head for both
         wrapper = _Wrapper(model, output_dict).eval()
         with torch.no_grad():
