@@ -152,3 +152,34 @@ def test_the_docs_have_a_block_to_fill():
 
     doc = (Path(__file__).parent.parent / "docs" / "performance.md").read_text()
     assert doc.count(BEGIN) == 1 and doc.count(END) == 1
+
+
+@pytest.mark.slow  # five variants, each traced by Dynamo for a forward and a training step
+def test_compile_benchmark_quick_writes_every_variant_and_fills_its_block(tmp_path):
+    from benchmarks import compile_bench
+
+    doc = tmp_path / "performance.md"
+    doc.write_text(f"# perf\n{compile_bench.BEGIN}\nPLACEHOLDER\n{compile_bench.END}\n")
+    out = tmp_path / "compile.json"
+    r = compile_bench.main(["--quick", "--device", "cpu", "--json", str(out), "--write-docs", str(doc)])
+    assert json.loads(out.read_text())["compile"] == r["compile"]
+    (row,) = r["compile"]
+    for section in ("encode_text", "train_step"):
+        ms = row[section]["ms"]
+        assert set(ms) == set(compile_bench.VARIANTS) and all(v > 0 for v in ms.values())
+        assert math.isclose(
+            row[section]["ratio_vs_trimmed"]["sparo_compiled"], ms["sparo_compiled"] / ms["sparo_trimmed"]
+        )
+    assert row["max_abs_diff_vs_trimmed"]["sparo_compiled"] < 1e-5  # compiled = whole context = trimmed
+    text = doc.read_text()
+    assert "PLACEHOLDER" not in text and "SPARO compiled (whole context)" in text
+    assert "First call (compilation; in this process)" in text  # --quick: no fresh processes
+
+
+def test_the_docs_have_a_compile_block_to_fill():
+    from pathlib import Path
+
+    from benchmarks import compile_bench
+
+    doc = (Path(__file__).parent.parent / "docs" / "performance.md").read_text()
+    assert doc.count(compile_bench.BEGIN) == 1 and doc.count(compile_bench.END) == 1

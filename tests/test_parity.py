@@ -95,10 +95,8 @@ def test_generated_registry_is_up_to_date_and_within_budget():
     manifest = (CONFIG_DIR / parity.MANIFEST).read_text().splitlines()
     assert [line for line in manifest if not line.startswith("#")] == sorted(results)
     hand_made = {"ViT-B-32-SPARO.json", "ViT-B-16-SPARO.json", "ViT-L-14-SPARO.json"}
-    assert (
-        not hand_made & set(results)
-        and len(results) == len(parity.registry_bases()) + len(parity.EXTRA_BASES) - 3
-    )
+    bases = [*parity.registry_bases(), *parity.tokenizer_id_bases(), *parity.EXTRA_BASES]
+    assert not hand_made & set(results) and len(results) == len(bases) - 3
     for name, r in results.items():
         assert (CONFIG_DIR / name).read_text() == parity.config_text(r.config), (
             f"{name} is stale: run python -m sparo_clip.models.parity --write-registry"
@@ -120,3 +118,34 @@ def test_cli_override_carries_the_tokenizer_ids_a_non_causal_text_tower_needs(ca
     assert config["text_cfg"]["pad_id"] == config["text_cfg"]["eos_id"] == 1
     assert parity_command.main(["test-CLIP", "--override", "[1]"]) == 2
     assert "--override must be a JSON object" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "base, pad_id, eos_id",
+    [
+        ("ViT-B-16-SigLIP", 1, 1),  # T5 c4-en sentencepiece, padded with end-of-text
+        ("ViT-B-16-SigLIP-i18n-256", 1, 1),  # mc4
+        ("ViT-B-16-SigLIP2", 0, 1),  # Gemma
+        ("ViT-L-14-CLIPA", 0, 102),  # BERT uncased, [SEP] stripped into padding
+        ("ViT-H-14-worldwide", 1, 2),  # XLM-V (causal, eos pooling; OpenCLIP sets eos_id 2 only)
+        ("ViT-L-14-worldwide", 0, 1),  # mT5
+    ],
+)
+def test_parity_config_by_name_fills_the_tokenizer_ids_of_open_clips_own_configs(base, pad_id, eos_id):
+    """These bases leave pad_id / eos_id unset (OpenCLIP's defaults 0 / 2 fit none of their tokenizers)."""
+    assert not {"pad_id"} <= set(open_clip.get_model_config(base)["text_cfg"])
+    config = parity.parity_config(base)
+    assert (config["text_cfg"]["pad_id"], config["text_cfg"]["eos_id"]) == (pad_id, eos_id)
+    assert open_clip.get_model_config(f"{base}-SPARO") == config  # shipped, so `sparo-clip list` shows it
+
+
+def test_an_explicit_override_of_the_ids_wins():
+    config = parity.parity_config("ViT-B-16-SigLIP", override={"text_cfg": {"pad_id": 0}})
+    assert (config["text_cfg"]["pad_id"], config["text_cfg"]["eos_id"]) == (0, 1)
+
+
+def test_building_without_the_ids_names_the_tokenizers_values():
+    with pytest.raises(ValueError, match=r"timm/ViT-B-16-SigLIP uses pad_id=1, eos_id=1"):
+        sparo_clip.create_model(
+            "ViT-B-16-SigLIP", override_config={"embed_dim": 4096, "sparo_cfg": {}}, device="meta"
+        )

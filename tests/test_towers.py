@@ -40,15 +40,22 @@ FAMILIES = ["test-SPARO", *TIMM_CONFIGS, "hf"]
 
 # ----------------------------------------------------------------------------------- B: OpenCLIP pin
 def _shipped_text_cfgs():
-    """Every distinct text tower config shipped in model_configs/ (depth cut to 1 block to stay cheap)."""
-    seen = {}
+    """One text tower config per distinct structure shipped in model_configs/, the narrowest of each.
+
+    Sizes (width, heads, context, vocabulary) and tokenizer ids do not change what a block computes; depth is
+    cut to 1 block and the vocabulary to OpenAI's 49,408 ids to stay cheap.
+    """
+    sizes = ("width", "heads", "context_length", "vocab_size", "pad_id", "eos_id")
+    seen: dict[str, tuple[str, dict]] = {}
     for path in sorted(CONFIG_DIR.glob("*.json")):
         cfg = json.loads(path.read_text())["text_cfg"]
-        cfg = {**cfg, "layers": 1}
+        cfg = {**cfg, "layers": 1, "vocab_size": min(cfg.get("vocab_size", 49408), 49408)}
         cfg.pop("hf_tokenizer_name", None)
         cfg.pop("tokenizer_kwargs", None)
-        seen.setdefault(json.dumps(cfg, sort_keys=True), path.stem)
-    return [(name, json.loads(key)) for key, name in seen.items()]
+        key = json.dumps({k: v for k, v in cfg.items() if k not in sizes}, sort_keys=True)
+        if key not in seen or cfg.get("width", 512) < seen[key][1].get("width", 512):
+            seen[key] = (path.stem, cfg)
+    return sorted(seen.values(), key=lambda item: item[0])
 
 
 @pytest.mark.parametrize("name, text_cfg", _shipped_text_cfgs(), ids=[n for n, _ in _shipped_text_cfgs()])
@@ -220,7 +227,7 @@ def test_parity_config_for_other_tower_families(family, hf_dir):
 
 def test_shipped_timm_configs_stay_within_their_bases():
     for name, (base, override) in {
-        "ViT-B-16-SigLIP-SPARO": ("ViT-B-16-SigLIP", parity.EXTRA_BASES["ViT-B-16-SigLIP"]),
+        "ViT-B-16-SigLIP-SPARO": ("ViT-B-16-SigLIP", None),  # a CLIP builds without the SPARO mask ids
         "convnext_base-SPARO": ("convnext_base", None),
     }.items():
         with torch.device("meta"):

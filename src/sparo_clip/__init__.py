@@ -14,13 +14,14 @@ Packages, by role (docs/architecture.md): ``models`` (what a model is), ``checkp
 
 from sparo_clip import integration
 from sparo_clip.checkpoints.loading import checked_load_checkpoint, load_model
+from sparo_clip.checkpoints.sharing import push_to_hf_hub, save_pretrained
 from sparo_clip.models import baselines  # noqa: F401  (registers the baseline model builders)
 from sparo_clip.models.builder import (
     create_model,
     create_model_and_transforms,
     deep_merge,
+    get_tokenizer,
     resolve_model_config,
-    save_pretrained,
 )
 from sparo_clip.models.config import SparoCfg
 from sparo_clip.models.parity import parity_config
@@ -48,9 +49,11 @@ __all__ = [
     "create_model",
     "create_model_and_transforms",
     "deep_merge",
+    "get_tokenizer",
     "load_model",
     "normalize_slots",
     "parity_config",
+    "push_to_hf_hub",
     "register_configs",
     "register_model_builder",
     "resolve_model_config",

@@ -8,6 +8,7 @@ what is allowed, before any work starts.
   :func:`slot_mask` turns the indices into the (L,) mask the read-out takes.
 - :func:`expand_urls`: a ``::``-joined, brace-expanded shard or file list (``train-{000..015}.tar``).
 - :func:`check_output_file`, :func:`check_output_folder`, :func:`check_device`.
+- :func:`parse_override`: ``--override-model-config`` as JSON or ``@file.json`` (training, evaluation, pictures).
 """
 
 from __future__ import annotations
@@ -190,3 +191,26 @@ def check_device(device: str, option: str = "--device") -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"{option} {device}: MPS is not available here; use {option} cpu")
     return dev
+
+
+def parse_override(value: str | None, flag: str = "--override-model-config") -> dict[str, Any] | None:
+    """Parse a model-config override: a JSON object, or ``@path`` to a JSON file (None: no override).
+
+    Raises:
+        ConfigError: a missing file, invalid JSON, or JSON that is not an object.
+    """
+    if value is None:
+        return None
+    text = value
+    if value.startswith("@"):
+        path = Path(value[1:])
+        if not path.is_file():
+            raise ConfigError(f"{flag}: file {path} does not exist")
+        text = path.read_text()
+    try:
+        override = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{flag} is not valid JSON ({e.msg} at char {e.pos}): {text!r}") from e
+    if not isinstance(override, dict):
+        raise ConfigError(f"{flag} must be a JSON object, got {type(override).__name__}: {text!r}")
+    return override

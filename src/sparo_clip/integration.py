@@ -188,6 +188,9 @@ class RunAdapters:
     Attributes:
         parse_args: replaces ``open_clip_train.main.parse_args`` (gets the original as first argument).
         create_model_and_transforms: replaces the model factory ``open_clip_train.main`` calls.
+        get_tokenizer: replaces the tokenizer factory ``open_clip_train.main`` and ``open_clip_train.zero_shot``
+            call (``get_tokenizer(args.model, ...)``, which knows neither the override nor a Hugging Face text
+            tower's own tokenizer).
         create_loss: replaces ``open_clip_train.main.create_loss`` (gets the original as first argument).
         pt_load: replaces ``open_clip_train.main.pt_load`` (its only checkpoint reader: ``--resume``).
         get_latest_checkpoint: replaces ``open_clip_train.main.get_latest_checkpoint`` (``--resume latest``).
@@ -201,6 +204,7 @@ class RunAdapters:
 
     parse_args: Callable[..., Any]
     create_model_and_transforms: Callable[..., Any]
+    get_tokenizer: Callable[..., Any]
     create_loss: Callable[..., Any]
     pt_load: Callable[..., Any]
     get_latest_checkpoint: Callable[..., Any]
@@ -217,6 +221,9 @@ RUN_PATCH_POINTS: tuple[tuple[str, str], ...] = (
     ("open_clip_train.main", "parse_args"),
     # the model factory: the --override-model-config dict reaches the SPARO builder
     ("open_clip_train.main", "create_model_and_transforms"),
+    # the tokenizer of the model as built (an override's or a Hugging Face tower's), for training and zero-shot
+    ("open_clip_train.main", "get_tokenizer"),
+    ("open_clip_train.zero_shot", "get_tokenizer"),
     # the loss: stop with a clear error on a non-finite loss (3.3.0's loop never checks)
     ("open_clip_train.main", "create_loss"),
     # checkpoint reads: weights_only=True always; unreadable --resume latest files skipped
@@ -294,6 +301,7 @@ def open_clip_train_run(adapters: RunAdapters) -> Iterator[None]:
     """
     import open_clip_train.data as oc_data
     import open_clip_train.main as oc_main
+    import open_clip_train.zero_shot as oc_zero_shot
     import webdataset
 
     originals = _original_pairs()
@@ -305,6 +313,8 @@ def open_clip_train_run(adapters: RunAdapters) -> Iterator[None]:
     replacements = {
         (oc_main, "parse_args"): lambda argv: adapters.parse_args(original_parse, argv),
         (oc_main, "create_model_and_transforms"): adapters.create_model_and_transforms,
+        (oc_main, "get_tokenizer"): adapters.get_tokenizer,
+        (oc_zero_shot, "get_tokenizer"): adapters.get_tokenizer,
         (oc_main, "create_loss"): lambda args: adapters.create_loss(original_loss, args),
         (oc_main, "pt_load"): adapters.pt_load,
         (oc_main, "get_latest_checkpoint"): adapters.get_latest_checkpoint,

@@ -1,1 +1,1 @@
-"""Checkpoint files: atomic writes, weights-only reads, loading into models, transfer between models, reference conversion."""
+"""Checkpoint files: atomic writes, weights-only reads, loading into models, sharing (local-dir: / hf-hub: folders), transfer between models, reference conversion."""

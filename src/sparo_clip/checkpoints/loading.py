@@ -108,9 +108,11 @@ def fit_report(model: torch.nn.Module, shapes: dict[str, tuple[int, ...]], few: 
 
 
 def check_model_name(model_name: str) -> None:
-    """Raise ConfigError unless ``model_name`` is registered in OpenCLIP (or a ``local-dir:``/``hf-hub:`` name)."""
+    """Raise ConfigError unless ``model_name`` is registered in OpenCLIP, or a ``local-dir:`` / ``hf-hub:`` name
+    whose config can be read (an ``hf-hub:`` one from the hub, or from its cache when offline)."""
     import open_clip
 
+    from sparo_clip.models.builder import resolve_model_config
     from sparo_clip.models.registry import sparo_model_names
 
     if model_name.startswith("local-dir:"):
@@ -120,8 +122,11 @@ def check_model_name(model_name: str) -> None:
                 f"--model {model_name}: {folder} holds no open_clip_config.json (a save_pretrained folder)"
             )
         return
+    if model_name.startswith("hf-hub:"):
+        resolve_model_config(model_name)  # one ConfigError line when neither the hub nor its cache has it
+        return
     models = open_clip.list_models()
-    if model_name.startswith("hf-hub:") or model_name.replace("/", "-") in models:
+    if model_name.replace("/", "-") in models:
         return
     close = difflib.get_close_matches(model_name, models, n=5, cutoff=0.6)
     hint = f"close names: {close}" if close else f"SPARO models: {sparo_model_names()}"
@@ -134,6 +139,9 @@ def check_pretrained(model_name: str, pretrained: str | None) -> None:
     """Raise ConfigError unless ``pretrained`` is None, an existing file, or a pretrained tag of the model."""
     import open_clip
 
+    from sparo_clip.models.builder import check_schema_pretrained
+
+    check_schema_pretrained(model_name, pretrained, "--pretrained")
     if pretrained is None or os.path.isfile(pretrained):
         return
     if os.path.isdir(pretrained):
@@ -153,8 +161,12 @@ def load_model(
     *,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
+    override_config: dict[str, Any] | None = None,
 ) -> tuple[torch.nn.Module, Callable[[Any], torch.Tensor], Callable[[Sequence[str]], torch.Tensor]]:
     """The one model loader of the evaluation and picture commands: (model in eval mode, eval transform, tokenizer).
+
+    ``override_config`` is deep-merged into the model config (``--override-model-config``, as in training); the
+    tokenizer is the one of the text tower the model is built with (:func:`sparo_clip.models.builder.get_tokenizer`).
 
     Raises:
         ConfigError: unknown model name or pretrained tag.
@@ -166,7 +178,7 @@ def load_model(
     check_model_name(model_name)
     check_pretrained(model_name, pretrained)
     model, _, preprocess = create_model_and_transforms(
-        model_name, pretrained=pretrained, precision=precision, device=device
+        model_name, pretrained=pretrained, precision=precision, device=device, override_config=override_config
     )
     model.eval()
-    return model, preprocess, get_tokenizer(model_name)
+    return model, preprocess, get_tokenizer(model_name, override_config)

@@ -40,6 +40,12 @@ def common_parser(with_slots: bool = True) -> argparse.ArgumentParser:
     g.add_argument(
         "--pretrained", default=None, help="checkpoint path or OpenCLIP pretrained tag (default: random init)"
     )
+    g.add_argument(
+        "--override-model-config",
+        dest="override",
+        default=None,
+        help="JSON (or @file.json) deep-merged into the model config, as the model was trained with",
+    )
     g.add_argument("--precision", default=None, choices=PRECISIONS, help="default: amp on cuda, fp32 on cpu")
     g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     g.add_argument("--batch-size", type=int, default=64, help="images or texts per forward pass")
@@ -67,6 +73,7 @@ class ModelSpec:
         model: an OpenCLIP model name (SPARO configs, ``local-dir:DIR``, ``hf-hub:org/name``) or an image encoder
             named by a registered prefix (``dino:CKPT``; :mod:`sparo_clip.eval.encoders`).
         pretrained: checkpoint file or pretrained tag (None: random weights).
+        override: ``--override-model-config`` as given (JSON or ``@file.json``), deep-merged into the config.
         precision: OpenCLIP precision name; None: ``amp`` on CUDA, ``fp32`` on the CPU.
         device: torch device; None: CUDA when available, else the CPU.
         batch_size: images or texts per forward pass.
@@ -76,6 +83,7 @@ class ModelSpec:
 
     model: str
     pretrained: str | None = None
+    override: str | None = None
     precision: str | None = None
     device: str | None = None
     batch_size: int = 64
@@ -102,7 +110,16 @@ class ModelSpec:
         if registered_model:
             loading.check_model_name(self.model)
             loading.check_pretrained(self.model, self.pretrained)
+            inputs.parse_override(self.override)
+        elif self.override is not None:
+            raise ConfigError(
+                f"--override-model-config does not apply to {self.model!r} (not an OpenCLIP model)"
+            )
         return dataclasses.replace(self, device=str(device), precision=precision)
+
+    def override_config(self) -> dict[str, Any] | None:
+        """The parsed ``--override-model-config`` (None: none given)."""
+        return inputs.parse_override(self.override)
 
 
 @dataclass
@@ -233,7 +250,11 @@ def load_context(spec: ModelSpec) -> EvalContext:
         logger.warning("no --pretrained given: evaluating %s with randomly initialised weights", spec.model)
     try:
         model, preprocess, tokenizer = loading.load_model(
-            spec.model, spec.pretrained, precision=spec.precision, device=spec.device
+            spec.model,
+            spec.pretrained,
+            precision=spec.precision,
+            device=spec.device,
+            override_config=spec.override_config(),
         )
     except (RuntimeError, FileNotFoundError) as e:
         if isinstance(e, SparoClipError):
@@ -274,9 +295,11 @@ def data_info(args: argparse.Namespace, exclude: Sequence[str] = ()) -> dict[str
 
 def run_info(spec: ModelSpec, ctx: EvalContext, slots: list[int] | None) -> dict[str, Any]:
     """The header every result JSON starts with."""
+    override = {"override_model_config": spec.override_config()} if spec.override else {}
     return {
         "model": spec.model,
         "pretrained": spec.pretrained,
+        **override,
         "precision": ctx.precision,
         "num_slots": ctx.num_slots if ctx.is_sparo else None,
         "slots": slots,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,8 @@ from torch import nn
 
 from sparo_clip.models.towers import add_logits, text_key_mask, text_mask_rule, unlock_last_blocks
 
+_logger = logging.getLogger(__name__)
+
 
 def as_cfg_dict(cfg: Any) -> dict[str, Any]:
     """A deep copy of a tower config given as a dict or a dataclass (``CLIPVisionCfg``, ``CLIPTextCfg``)."""
@@ -31,6 +34,11 @@ def as_cfg_dict(cfg: Any) -> dict[str, Any]:
         return dataclasses.asdict(cfg)
     raise ValueError(f"expected a config dict, got {type(cfg).__name__}")
 
+
+LAYER_NORMS_LOCKED = (
+    "lock_text_tower(freeze_layer_norm=False): LayerNorms are locked with their group, as OpenCLIP's CLIP locks "
+    "them (its CLIP raises for False; open_clip_train passes False unless --lock-text-freeze-layer-norm)"
+)
 
 TORCHSCRIPT_UNSUPPORTED = (
     "TorchScript is not supported for SPARO / read-out models (torch.jit.script is deprecated in torch "
@@ -149,6 +157,8 @@ class ReadoutCLIP(CustomTextCLIP):
         else:
             # OpenCLIP's TextTransformer locks LayerNorms with their group (as its CLIP does) and asserts
             # freeze_layer_norm, which open_clip_train passes as False unless --lock-text-freeze-layer-norm.
+            if not freeze_layer_norm:
+                _logger.warning(LAYER_NORMS_LOCKED)
             self.text.lock(tower_groups, True)
         for p in self.text_head_parameters():
             p.requires_grad = unlocked_layers > 0

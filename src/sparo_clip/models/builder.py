@@ -19,28 +19,26 @@
 So OpenCLIP's handling of precision, devices, ``force_*`` options, pretrained tags and transforms stays
 OpenCLIP's, and a SPARO config gives the same model whoever asks for it. :func:`create_model` adds
 ``override_config`` (deep-merged into the config) and loads every model's checkpoint through the checked
-loader; :func:`save_pretrained` writes OpenCLIP's ``local-dir:`` layout.
+loader (:func:`sparo_clip.checkpoints.sharing.save_pretrained` writes OpenCLIP's ``local-dir:`` layout).
+:func:`get_tokenizer` gives a model the tokenizer of the text tower it is built with.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import open_clip
-import torch
+from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH, HFTokenizer
 
 from sparo_clip import integration
 from sparo_clip.errors import CheckpointError, ConfigError
 from sparo_clip.models.base import TORCHSCRIPT_UNSUPPORTED
 from sparo_clip.models.registry import MODEL_BUILDERS
 
-WEIGHTS_NAME = "open_clip_model.safetensors"
-CONFIG_NAME = "open_clip_config.json"
 SCHEMAS = ("local-dir:", "hf-hub:")  # names whose config lives in a folder or a hub repository
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".npz")
 
@@ -61,6 +59,23 @@ def registered_name(model_name: str) -> str:
     return model_name if model_name.startswith(SCHEMAS) else model_name.replace("/", "-")
 
 
+def check_schema_pretrained(model_name: str, pretrained: str | None, what: str = "pretrained") -> None:
+    """A ``local-dir:`` / ``hf-hub:`` model brings its own weights: refuse a checkpoint given beside it.
+
+    OpenCLIP ignores ``pretrained`` for such names (with a log line), so the folder's weights would be used while
+    the caller believes the checkpoint's are.
+
+    Raises:
+        ConfigError: naming both and what to do instead.
+    """
+    if pretrained and model_name.startswith(SCHEMAS):
+        raise ConfigError(
+            f"{what}={pretrained!r} cannot be combined with {model_name!r}: a {model_name.split(':')[0]}: model "
+            "loads the weights saved with it (OpenCLIP would ignore the checkpoint); give the registered name "
+            "the checkpoint was trained as instead"
+        )
+
+
 def resolve_model_config(model_name: str, override_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """The config of ``model_name`` (registered, ``local-dir:DIR`` or ``hf-hub:org/name``) with the override merged.
 
@@ -70,12 +85,13 @@ def resolve_model_config(model_name: str, override_config: dict[str, Any] | None
     """
     try:
         cfg = open_clip.get_model_config(registered_name(model_name))
-    except (
-        OSError,
-        ValueError,
-        RuntimeError,
-    ) as e:  # a folder without open_clip_config.json, bad JSON, no hub
-        raise ConfigError(f"model {model_name!r}: cannot read its config ({e})") from e
+    except Exception as e:  # noqa: BLE001 (a folder without open_clip_config.json, bad JSON, no hub or no cache)
+        where = {"local-dir:": "the folder", "hf-hub:": "the hub (or its local cache, offline)"}
+        source = next((v for k, v in where.items() if model_name.startswith(k)), "OpenCLIP's registry")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"model {model_name!r}: cannot read its open_clip_config.json from {source} ({first})"
+        ) from e
     if cfg is None:
         models = open_clip.list_models()
         close = difflib.get_close_matches(model_name, models, n=5, cutoff=0.6)
@@ -118,7 +134,9 @@ def _override_kwargs(
         return {}
     merged = resolve_model_config(model_name, override)
     out = {key: merged[key] for key in override}
-    checkpoint = bool(kwargs.get("pretrained")) and kwargs.get("load_weights", True)
+    # a CLIP checkpoint follows: a file or tag, or the weights a local-dir: / hf-hub: model is saved with
+    weights = bool(kwargs.get("pretrained")) or model_name.startswith(SCHEMAS)
+    checkpoint = weights and kwargs.get("load_weights", True)
     rules = (
         ("text_cfg", "hf_model_name", "hf_model_pretrained", "pretrained_text", True),
         ("vision_cfg", "timm_model_name", "timm_model_pretrained", "pretrained_image", False),
@@ -132,9 +150,11 @@ def _override_kwargs(
 
 
 def _prepared(model_name: str, kwargs: dict[str, Any], override: dict | None) -> dict[str, Any]:
+    resolve_model_config(model_name, override)  # an unknown name or unreadable folder / hub config: one line
     refuse_jit(model_name, override, kwargs.get("jit", False))
     kwargs = dict(kwargs)
     pretrained = kwargs.get("pretrained")
+    check_schema_pretrained(model_name, pretrained)
     if pretrained is not None and not model_name.startswith(SCHEMAS) and not os.path.exists(pretrained):
         looks_like_file = os.sep in str(pretrained) or Path(str(pretrained)).suffix in CHECKPOINT_SUFFIXES
         if looks_like_file:  # anything else may be a pretrained tag, which OpenCLIP resolves
@@ -181,35 +201,43 @@ def create_model_and_transforms(
         return open_clip.create_model_and_transforms(model_name, **kwargs)
 
 
-def get_tokenizer(model_name: str, **kwargs: Any):
-    """The tokenizer of a model (``open_clip.get_tokenizer``; every name OpenCLIP takes)."""
-    return open_clip.get_tokenizer(registered_name(model_name), **kwargs)
+def hf_tokenizer(text_cfg: dict[str, Any], **kwargs: Any) -> HFTokenizer:
+    """OpenCLIP's ``HFTokenizer`` for a text config: ``hf_tokenizer_name``, else the tower's ``hf_model_name``.
+
+    Context length, ``tokenizer_kwargs`` and ``tokenizer_mode`` come from the config (``kwargs`` win), as in
+    OpenCLIP's ``get_tokenizer``.
+    """
+    source = text_cfg.get("hf_tokenizer_name") or text_cfg.get("hf_model_name")
+    if not source:
+        raise ConfigError("text_cfg names no Hugging Face tokenizer (hf_tokenizer_name or hf_model_name)")
+    context_length = kwargs.pop("context_length", None) or text_cfg.get("context_length")
+    return HFTokenizer(
+        source,
+        context_length=context_length or DEFAULT_CONTEXT_LENGTH,
+        tokenizer_mode=text_cfg.get("tokenizer_mode"),
+        **{**text_cfg.get("tokenizer_kwargs", {}), **kwargs},
+    )
 
 
-def save_pretrained(
-    model: torch.nn.Module, out_dir: str | Path, model_cfg: dict[str, Any] | None = None
-) -> Path:
-    """Write ``open_clip_config.json`` (model + preprocess config) and the weights into ``out_dir``.
+def get_tokenizer(model_name: str, override_config: dict[str, Any] | None = None, **kwargs: Any):
+    """The tokenizer of a model as built: ``open_clip.get_tokenizer``, or its Hugging Face text tower's own.
 
-    The folder loads with ``open_clip.create_model_and_transforms('local-dir:' + out_dir)``.
+    OpenCLIP picks a tokenizer from the registered config alone, and a Hugging Face one only from
+    ``text_cfg.hf_tokenizer_name``. A model whose text tower an override changes, or whose Hugging Face tower
+    (``text_cfg.hf_model_name``) names no tokenizer, gets the tokenizer of that tower here, with the merged
+    config's context length and tokenizer options; every other model gets OpenCLIP's. Training, evaluation and
+    the pictures all tokenize through this function, so the ids always fit the text tower.
 
     Args:
-        model: a sparo_clip model, or any OpenCLIP model when ``model_cfg`` is given.
-        out_dir: folder to write (created if needed).
-        model_cfg: the model config; defaults to ``model.model_cfg`` of a sparo_clip model.
+        model_name: any name OpenCLIP takes (registered, ``local-dir:DIR``, ``hf-hub:org/name``).
+        override_config: the override the model was built with (as :func:`create_model`'s).
+        **kwargs: ``context_length``, ``cache_dir`` and tokenizer options, as ``open_clip.get_tokenizer``'s.
     """
-    from safetensors.torch import save_file
-
-    if model_cfg is None:
-        model_cfg = getattr(model, "model_cfg", None)
-        if not isinstance(model_cfg, dict):
-            raise ValueError("save_pretrained needs model_cfg= for models that do not carry their config")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    preprocess_cfg = open_clip.get_model_preprocess_cfg(model)
-    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
-    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    # safetensors refuses tensors that share storage (shared queries): store independent copies
-    state = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out / WEIGHTS_NAME))
-    return out
+    text = resolve_model_config(model_name, override_config).get("text_cfg") or {}
+    tower_changed = isinstance((override_config or {}).get("text_cfg"), dict)
+    own = text.get("hf_tokenizer_name") or text.get("hf_model_name")
+    if own and (tower_changed or not text.get("hf_tokenizer_name")):
+        return hf_tokenizer(text, **kwargs)
+    if tower_changed and kwargs.get("context_length") is None and "context_length" in text:
+        kwargs["context_length"] = text["context_length"]
+    return open_clip.get_tokenizer(registered_name(model_name), **kwargs)

@@ -56,7 +56,8 @@ class SparoCfg:
         reduce_depth: number of final transformer blocks dropped from each tower (parameter parity).
         trim_text: run the text tower only up to the longest caption of the batch. Exact: positions
             after end-of-text never change earlier ones (causal towers; non-causal towers mask them in
-            every block) and are masked in the read-out. ``false`` keeps static shapes (``torch.export``).
+            every block) and are masked in the read-out. While ``torch.compile`` or ``torch.export`` traces
+            the model, the tower runs over the whole context (same features, one graph, static shapes).
     """
 
     num_slots: int = 64

@@ -24,7 +24,7 @@ def meta_model(
     """Build a registered model on the meta device (no memory, no weights): validates its config.
 
     Args:
-        model_name: a registered model name.
+        model_name: any name OpenCLIP takes (registered, ``local-dir:DIR``, ``hf-hub:org/name``).
         override: deep-merged into the model config (as ``--override-model-config``).
         **model_kwargs: passed to :func:`sparo_clip.create_model` (e.g. ``force_image_size``).
     """
@@ -37,8 +37,10 @@ def meta_model(
     root.addHandler(placeholder)
     try:
         with torch.device("meta"):
-            # no tower weights are loaded for counting (a Hugging Face text tower would fetch them)
+            # no weights are read for counting: neither a tower's own (a Hugging Face text tower would fetch
+            # them) nor those a local-dir: / hf-hub: model is saved with
             model_kwargs.setdefault("pretrained_text", False)
+            model_kwargs.setdefault("load_weights", False)
             return create_model(model_name, override_config=override, device="meta", **model_kwargs)
     finally:
         root.removeHandler(placeholder)

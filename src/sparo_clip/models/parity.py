@@ -6,9 +6,14 @@ the base model's. Models are built on the meta device (no memory, no initialisat
 block from each tower removes exactly one vision and one text block's parameters, so one SPARO build gives
 the count at every depth.
 
-``python -m sparo_clip.models.parity --write-registry`` writes ``model_configs/<base>-SPARO.json`` for every
-OpenCLIP ViT-*-32/16/14 config with an OpenAI-style text tower that has no hand-made SPARO config (and for
-the timm / non-causal-text bases in ``EXTRA_BASES``), and lists the files it wrote in ``model_configs/GENERATED.txt`` (a test checks the files equal its output).
+A base whose text tower SPARO masks by ``pad_id`` / ``eos_id`` (OpenCLIP's non-causal SigLIP, SigLIP 2 and CLIPA
+towers, the ``eos``-pooled MetaCLIP 2 "worldwide" ones) gets the ids its tokenizer uses when its config leaves them
+unset (:mod:`sparo_clip.models.tokenizer_ids`), so ``parity_config("ViT-B-16-SigLIP")`` works by name.
+
+``sparo-clip parity --write-registry`` writes ``model_configs/<base>-SPARO.json`` for every OpenCLIP
+ViT-*-32/16/14 config with an OpenAI-style text tower that has no hand-made SPARO config, for every OpenCLIP
+config whose text tower needs those ids (:func:`tokenizer_id_bases`) and for the bases in ``EXTRA_BASES``, and
+lists the files it wrote in ``model_configs/GENERATED.txt`` (a test checks the files equal its output).
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ from sparo_clip.models.param_count import count_model_parameters as model_params
 from sparo_clip.models.param_count import count_parameters as _numel
 from sparo_clip.models.param_count import meta_model
 from sparo_clip.models.registry import CONFIG_DIR
+from sparo_clip.models.tokenizer_ids import known_text_ids, missing_text_ids, needs_text_ids
 from sparo_clip.models.towers import block_list
 
 MANIFEST = "GENERATED.txt"
-_MANIFEST_HEADER = "# written by `python -m sparo_clip.models.parity --write-registry`; do not edit\n"
+_MANIFEST_HEADER = "# written by `sparo-clip parity --write-registry`; do not edit\n"
 _BASE_NAME = re.compile(r"^ViT-[^-]+-(32|16|14)(-.+)?$")
 _OPENCLIP_CONFIG_DIR = Path(open_clip.__file__).parent / "model_configs"
 
@@ -59,6 +65,10 @@ def parity_search(
     sparo.update(sparo_kwargs)
     SparoCfg.from_dict(sparo)  # names bad or unknown fields before any model is built
     base_cfg = resolve_model_config(base_name, override)
+    ids = missing_text_ids(base_cfg.get("text_cfg") or {})  # the tokenizer's pad / end-of-text ids, if known
+    if ids:
+        override = deep_merge(override or {}, {"text_cfg": ids})
+        base_cfg = resolve_model_config(base_name, override)
     if "sparo_cfg" in base_cfg:
         raise ValueError(f"{base_name} is already a SPARO config: pass the model it was made from")
     base_params = _numel(meta_model(base_name, override))
@@ -99,8 +109,9 @@ def parity_config(
         base_name: a registered model name, e.g. ``"ViT-B-16"``.
         L: number of slots (``sparo_cfg.num_slots``).
         V: slot width (``sparo_cfg.slot_dim``); ``embed_dim = L * V``.
-        override: deep-merged into the base config first (e.g. ``{"text_cfg": {"pad_id": 1, "eos_id": 1}}``
-            for a non-causal text tower, whose padding SPARO masks by these ids).
+        override: deep-merged into the base config first. A text tower masked by ``pad_id`` / ``eos_id``
+            whose config leaves them unset gets its tokenizer's ids (:mod:`sparo_clip.models.tokenizer_ids`);
+            set them here for a tokenizer not listed there.
         **sparo_kwargs: other :class:`SparoCfg` fields (``heads``, ``attn_dim``, ``slot_norm``, ...).
 
     Returns:
@@ -147,10 +158,20 @@ def registry_bases() -> list[str]:
     return [n for n in names if _BASE_NAME.match(n) and openai_style_vit(open_clip.get_model_config(n) or {})]
 
 
-# Bases beyond the OpenAI-style ViTs, each with the base-config override its tower needs. Non-causal text
-# towers need the tokenizer's pad and end-of-text ids (OpenCLIP 3.3's SigLipTokenizer, c4-en: pad = eos = 1).
+def tokenizer_id_bases() -> list[str]:
+    """OpenCLIP's own configs whose text tower SPARO masks by its tokenizer's pad / end-of-text ids, when
+    :mod:`sparo_clip.models.tokenizer_ids` knows them: SigLIP, SigLIP 2, CLIPA, MetaCLIP 2 worldwide."""
+    names = sorted(p.stem for p in _OPENCLIP_CONFIG_DIR.glob("*.json"))
+    out = []
+    for name in names:
+        text = (open_clip.get_model_config(name) or {}).get("text_cfg", {})
+        if needs_text_ids(text) and known_text_ids(text) is not None and not text.get("embed_cls"):
+            out.append(name)
+    return out
+
+
+# Bases beyond those, each with the base-config override its towers need.
 EXTRA_BASES: dict[str, dict[str, Any]] = {
-    "ViT-B-16-SigLIP": {"text_cfg": {"pad_id": 1, "eos_id": 1}},  # timm ViT + non-causal text
     "convnext_base": {},  # timm CNN vision tower
 }
 
@@ -168,7 +189,7 @@ def generate_registry(config_dir: Path = CONFIG_DIR) -> dict[str, ParityResult]:
     generated_before = set(_manifest(config_dir))
     hand_made = {p.name for p in config_dir.glob("*-SPARO.json")} - generated_before
     out = {}
-    for base in [*registry_bases(), *EXTRA_BASES]:
+    for base in [*registry_bases(), *tokenizer_id_bases(), *EXTRA_BASES]:
         name = f"{base}-SPARO.json"
         if name not in hand_made:
             out[name] = parity_search(base, override=EXTRA_BASES.get(base))

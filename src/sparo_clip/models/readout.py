@@ -224,9 +224,13 @@ class SparoReadout(nn.Module):
         key_mask: torch.Tensor | None = None,
         return_attn: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Normalised slots (B, L, V) in fp32, plus attention (B, L, N) when ``return_attn``."""
+        """Normalised slots (B, L, V), plus attention (B, L, N, fp32) when ``return_attn``.
+
+        The slots have the dtype of the read-out's output projection (the tower's dtype, or autocast's), as
+        the features of OpenCLIP's CLIP follow its projection's; the normalisation itself runs in fp32.
+        """
         raw, attn = self.forward_raw(x, key_mask, return_attn)
-        slots = normalize_slots(raw, self.slot_norm)
+        slots = normalize_slots(raw, self.slot_norm).to(raw.dtype)
         return (slots, attn) if return_attn else slots
 
     def extra_repr(self) -> str:
@@ -245,7 +249,8 @@ def select_slots(slots: torch.Tensor, selection: torch.Tensor | list[int] | tupl
         selection: slot indices, or a (L,) boolean mask.
 
     Returns:
-        (B, L, V) with unselected slots zero; ``flatten(1)`` has unit norm.
+        (B, L, V) in the dtype of ``slots`` (computed in fp32) with unselected slots zero; ``flatten(1)`` has
+        unit norm.
     """
     num_slots = slots.shape[1]
     sel = torch.as_tensor(selection, device=slots.device)
@@ -267,6 +272,6 @@ def select_slots(slots: torch.Tensor, selection: torch.Tensor | list[int] | tupl
         keep[sel] = True
     if not bool(keep.any()):
         raise ValueError("slot selection is empty: select at least one slot")
-    kept = slots * keep[None, :, None].to(slots.dtype)
+    kept = slots.to(torch.promote_types(slots.dtype, torch.float32)) * keep[None, :, None]  # fp32 or wider
     norm = kept.flatten(1).norm(dim=-1).clamp_min(1e-12)
-    return kept / norm[:, None, None]
+    return (kept / norm[:, None, None]).to(slots.dtype)

@@ -15,6 +15,7 @@ from sparo_clip.errors import ConfigError
 from sparo_clip.models.base import ReadoutCLIP, as_cfg_dict
 from sparo_clip.models.config import SparoCfg, parse_cfg
 from sparo_clip.models.readout import SparoReadout, select_slots
+from sparo_clip.models.tokenizer_ids import known_text_ids
 from sparo_clip.models.towers import (
     drop_last_blocks,
     text_tokens,
@@ -67,10 +68,16 @@ def sparo_tower_cfgs(
         # OpenCLIP's defaults (pad 0, eos 2) match none of the tokenizers of such towers
         missing = [k for k in ("eos_id", "pad_id") if k not in text_cfg]
         if missing:
+            known = known_text_ids(text_cfg)
+            hint = (
+                f"its tokenizer {t.hf_tokenizer_name} uses pad_id={known.pad_id}, eos_id={known.eos_id}; "
+                "sparo_clip.parity_config fills them"
+                if known
+                else "read them from the tokenizer, e.g. tokenizer.tokenizer.pad_token_id / eos_token_id"
+            )
             raise ConfigError(
                 f"text_cfg.pool_type={t.pool_type!r} needs text_cfg.{' and text_cfg.'.join(missing)} set in the "
-                "config: SPARO masks each caption by them (read them from the tokenizer, e.g. "
-                "tokenizer.tokenizer.pad_token_id / eos_token_id)"
+                f"config: SPARO masks each caption by them ({hint})"
             )
     towers = [("text_cfg", t.layers)] if not t.hf_model_name else []
     if not v.timm_model_name:

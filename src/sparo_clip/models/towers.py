@@ -110,6 +110,20 @@ def vision_width_heads(visual: nn.Module, head_width: int) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------------- text
+def trimmed_length(key_mask: torch.Tensor | None) -> int | None:
+    """How many positions a text tower must run for this batch: the longest caption's, or None for all.
+
+    The length is read from the data (a Python ``int``), which ``torch.compile`` and ``torch.export`` can only
+    trace by breaking the graph (one break per call, and a recompilation per new length). While either traces
+    (``torch.compiler.is_compiling()``), the tower runs over the whole context instead: the same features
+    (the positions after the longest caption are masked for every caption, or cannot change earlier ones
+    under a causal mask), one graph, static shapes.
+    """
+    if key_mask is None or torch.compiler.is_compiling():
+        return None
+    return int(key_mask.sum(dim=1).max())
+
+
 def text_hidden_states(
     tower: TextTransformer, text: torch.Tensor, key_mask: torch.Tensor | None = None, trim: bool = True
 ) -> torch.Tensor:
@@ -117,14 +131,14 @@ def text_hidden_states(
 
     With a ``key_mask``, a non-causal tower attends only the masked-in keys (so padding never changes a
     token), and with ``trim`` the tower runs only up to the longest caption of the batch
-    (``n = max(key_mask.sum(1))``): later positions are masked for every caption (non-causal) or cannot
+    (:func:`trimmed_length`): later positions are masked for every caption (non-causal) or cannot
     change earlier ones (causal), so the result equals the full computation.
     """
     if tower.cls_emb is not None:
         raise NotImplementedError("text towers with a class embedding (text_cfg.embed_cls) are not supported")
     causal = tower.attn_mask is not None
-    if trim and key_mask is not None:
-        n = int(key_mask.sum(dim=1).max())
+    n = trimmed_length(key_mask) if trim else None
+    if n is not None:
         text, key_mask = text[:, :n], key_mask[:, :n]
     n = text.shape[1]
     cast_dtype = tower.transformer.get_cast_dtype()
@@ -145,8 +159,8 @@ def text_tokens(
 ) -> torch.Tensor:
     """The final token sequence of a text tower (after its final norm): (B, n, width), n <= text length."""
     if isinstance(tower, HFTextEncoder):
-        if trim and key_mask is not None:
-            n = int(key_mask.sum(dim=1).max())
+        n = trimmed_length(key_mask) if trim else None
+        if n is not None:
             text, key_mask = text[:, :n], key_mask[:, :n]
         mask = (text != tower.config.pad_token_id) if key_mask is None else key_mask
         return tower.transformer(input_ids=text, attention_mask=mask.long()).last_hidden_state

@@ -34,7 +34,14 @@ import torch
 
 from sparo_clip import integration
 from sparo_clip.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, one_line
-from sparo_clip.models.builder import create_model_and_transforms, refuse_jit, resolve_model_config
+from sparo_clip.inputs import parse_override
+from sparo_clip.models.builder import (
+    check_schema_pretrained,
+    create_model_and_transforms,
+    get_tokenizer,
+    refuse_jit,
+    resolve_model_config,
+)
 from sparo_clip.models.param_count import count_parameters, meta_model
 from sparo_clip.training import checks as train_checks
 from sparo_clip.training import run as train_run
@@ -66,29 +73,6 @@ def _our_parser() -> argparse.ArgumentParser:
         help="start from the matching tensors of this checkpoint (e.g. a plain OpenCLIP model's); see sparo_clip.checkpoints.transfer",
     )
     return p
-
-
-def parse_override(value: str | None) -> dict[str, Any] | None:
-    """Parse ``--override-model-config``: a JSON object, or ``@path`` to a JSON file."""
-    if value is None:
-        return None
-    text = value
-    if value.startswith("@"):
-        path = Path(value[1:])
-        if not path.is_file():
-            raise ConfigError(f"--override-model-config: file {path} does not exist")
-        text = path.read_text()
-    try:
-        override = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(
-            f"--override-model-config is not valid JSON ({e.msg} at char {e.pos}): {text!r}"
-        ) from e
-    if not isinstance(override, dict):
-        raise ConfigError(
-            f"--override-model-config must be a JSON object, got {type(override).__name__}: {text!r}"
-        )
-    return override
 
 
 def count_params(model_name: str, override: dict[str, Any] | None, **model_kwargs: Any) -> int:
@@ -146,6 +130,13 @@ class _Run:
             _logger.info("--init-from %s:\n%s", run_args.init_from, report.summary())
         return out
 
+    def get_tokenizer(self, model_name: str, context_length: int | None = None, **kwargs: Any) -> Any:
+        """The tokenizer factory open_clip_train calls: the run's model gets the tokenizer of its text tower."""
+        run_args = self.state.args
+        own = run_args is not None and model_name == run_args.model
+        override = self.override if own else None
+        return get_tokenizer(model_name, override, context_length=context_length, **kwargs)
+
     def adapters(self) -> integration.RunAdapters:
         import open_clip_train.main as oc_main
 
@@ -153,6 +144,7 @@ class _Run:
         return integration.RunAdapters(
             parse_args=self.parse_args,
             create_model_and_transforms=self.create_model_and_transforms,
+            get_tokenizer=self.get_tokenizer,
             create_loss=train_run.make_loss(),
             pt_load=pt_load,
             get_latest_checkpoint=latest,
@@ -188,6 +180,7 @@ def prepare(argv: list[str]) -> tuple[list[str], dict[str, Any] | None, argparse
         )
     if args.force_context_length is not None:
         model_kwargs["force_context_length"] = args.force_context_length
+    check_schema_pretrained(args.model, args.pretrained, "--pretrained")
     where = "--override-model-config" if override else "--model"
     try:
         train_checks.check_tower_dims(resolve_model_config(args.model, override), where)

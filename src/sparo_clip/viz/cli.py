@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from sparo_clip.checkpoints.loading import load_model
 from sparo_clip.errors import UnreadableImage
-from sparo_clip.inputs import check_device, check_output_folder, parse_slots, read_image
+from sparo_clip.inputs import check_device, check_output_folder, parse_override, parse_slots, read_image
 from sparo_clip.viz.figures import render_pair, render_slot_gallery
 from sparo_clip.viz.samples import SlotReadout, compute_readout
 
@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="model name (e.g. ViT-B-32-SPARO) or local-dir:DIR")
     p.add_argument("--pretrained", default=None, help="checkpoint file (default: untrained weights)")
+    p.add_argument(
+        "--override-model-config",
+        dest="override",
+        default=None,
+        help="JSON (or @file.json) deep-merged into the model config, as the model was trained with",
+    )
     p.add_argument("--images", nargs="+", required=True, help="one folder (sorted by name) or image files")
     p.add_argument("--captions", required=True, help="text file, one caption per image line by line")
     p.add_argument("--out", required=True, help="output folder")
@@ -143,7 +149,9 @@ def load_readout(args: argparse.Namespace) -> SlotReadout:
     files = image_files(args.images)
     captions = read_captions(args.captions, len(files))
     check_output_folder(args.out)
-    model, preprocess, tokenizer = load_model(args.model, args.pretrained)
+    model, preprocess, tokenizer = load_model(
+        args.model, args.pretrained, override_config=parse_override(args.override)
+    )
     sparo_cfg = getattr(model, "sparo_cfg", None)
     if slots is not None and sparo_cfg is not None:
         slots = parse_slots(args.slots, sparo_cfg.num_slots)  # now also checked against the model's slots
