@@ -7,13 +7,18 @@ what is allowed, before any work starts.
 - :func:`parse_slots`: ``--slots`` as a comma list (``0,3,7``) or a JSON file written by ``select-slots``;
   :func:`slot_mask` turns the indices into the (L,) mask the read-out takes.
 - :func:`expand_urls`: a ``::``-joined, brace-expanded shard or file list (``train-{000..015}.tar``).
-- :func:`check_output_file`, :func:`check_output_folder`, :func:`check_device`.
+- :func:`check_output_file`, :func:`check_output_folder`, :func:`check_writable_folder`, :func:`check_device`.
+- :func:`check_finite_numbers`: every float option of a command is a finite number (``--lr nan`` is refused
+  before any work, not by the optimiser at step 1); :func:`load_json` reads JSON that holds no NaN/Infinity.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -175,6 +180,64 @@ def check_output_folder(path: str | os.PathLike[str], option: str = "--out") -> 
         probe.unlink()
     except OSError as e:
         raise ConfigError(f"{option} {path}: cannot write into this folder ({e.strerror or e})") from e
+
+
+def check_writable_folder(path: str | os.PathLike[str], option: str = "--output") -> None:
+    """Fail now when ``path`` (a folder, maybe not there yet) cannot be created or written; creates nothing.
+
+    Raises:
+        ConfigError: naming the folder and the reason (a file in its place, a read-only parent).
+    """
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"cannot be created: {existing} is a file"
+        raise ConfigError(f"{option} {path}: {where}; give a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".sparo-write-check.", dir=existing)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        what = "cannot write into this folder" if existing == path else f"cannot be created in {existing}"
+        raise ConfigError(f"{option} {path}: {what} ({e.strerror or e})") from e
+
+
+def check_finite_numbers(args: argparse.Namespace | dict[str, Any]) -> None:
+    """Every float option (or list of floats) must be finite: ``--lr nan`` or ``--wd inf`` is refused here.
+
+    Raises:
+        ConfigError: naming the option and its value.
+    """
+    values = vars(args) if isinstance(args, argparse.Namespace) else args
+    for name, value in values.items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        bad = [v for v in items if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise ConfigError(
+                f"--{name.replace('_', '-')} {' '.join(map(str, items))}: must be a finite number (not nan or inf)"
+            )
+
+
+def load_json(text: str, what: str) -> Any:
+    """``json.loads`` that refuses ``NaN`` and ``Infinity`` (which Python's json accepts) with one line.
+
+    Raises:
+        ConfigError: not valid JSON, or a non-finite number in it.
+    """
+
+    def refuse(constant: str) -> Any:
+        raise ConfigError(f"{what}: {constant} is not allowed; numbers must be finite")
+
+    def finite(number: str) -> float:
+        value = float(number)
+        return value if math.isfinite(value) else refuse(number)
+
+    try:
+        return json.loads(text, parse_constant=refuse, parse_float=finite)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{what} is not valid JSON ({e.msg} at char {e.pos}): {text!r}") from e
 
 
 def check_device(device: str, option: str = "--device") -> torch.device:
