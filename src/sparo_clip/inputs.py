@@ -7,7 +7,9 @@ what is allowed, before any work starts.
 - :func:`parse_slots`: ``--slots`` as a comma list (``0,3,7``) or a JSON file written by ``select-slots``;
   :func:`slot_mask` turns the indices into the (L,) mask the read-out takes.
 - :func:`expand_urls`: a ``::``-joined, brace-expanded shard or file list (``train-{000..015}.tar``).
-- :func:`check_output_file`, :func:`check_output_folder`, :func:`check_writable_folder`, :func:`check_device`.
+- :func:`check_output_file`, :func:`check_output_folder`, :func:`check_writable_folder`, :func:`check_device`;
+  :class:`FolderSnapshot`: what a run finds in its output folder, so that a run that fails before doing any
+  work takes back what it wrote.
 - :func:`check_finite_numbers`: every float option of a command is a finite number (``--lr nan`` is refused
   before any work, not by the optimiser at step 1); :func:`load_json` reads JSON that holds no NaN/Infinity.
 """
@@ -18,11 +20,12 @@ import argparse
 import json
 import math
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from PIL import Image
@@ -32,24 +35,29 @@ from sparo_clip.errors import ConfigError, UnreadableImage
 SLOT_FILE_KEYS = ("selected_slots", "slots")  # select-slots writes the first
 
 
-def read_image(path: str | os.PathLike[str]) -> Image.Image:
+def read_image(path: str | os.PathLike[str] | IO[bytes], name: str | None = None) -> Image.Image:
     """Open and fully decode an image as RGB.
 
     PIL's decompression-bomb warning (more than ``Image.MAX_IMAGE_PIXELS`` pixels) counts as unreadable too:
     such a file can exhaust memory when decoded.
 
+    Args:
+        path: the image file, or a binary file object holding one (a member of a shard).
+        name: how the error names the image (default: ``path``).
+
     Raises:
         UnreadableImage: naming the file and why.
     """
+    shown = name if name is not None else path
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 return img.convert("RGB")  # convert() decodes every pixel: truncation shows up here
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise UnreadableImage(path, f"decompression bomb ({e})") from e
+        raise UnreadableImage(shown, f"decompression bomb ({e})") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # UnidentifiedImageError is an OSError
-        raise UnreadableImage(path, f"{type(e).__name__}: {e}") from e
+        raise UnreadableImage(shown, f"{type(e).__name__}: {e}") from e
 
 
 def parse_slots(value: str | None, num_slots: int | None = None, is_sparo: bool = True) -> list[int] | None:
@@ -202,6 +210,50 @@ def check_writable_folder(path: str | os.PathLike[str], option: str = "--output"
     except OSError as e:
         what = "cannot write into this folder" if existing == path else f"cannot be created in {existing}"
         raise ConfigError(f"{option} {path}: {what} ({e.strerror or e})") from e
+
+
+class FolderSnapshot:
+    """A folder as a run found it: a run that fails before its first step calls :meth:`take_back`.
+
+    A folder the run creates (or the topmost missing folder above it) is removed whole. In a folder that was
+    there, the entries the run added are removed and the small files named in ``restore`` (e.g. a config the
+    run rewrites) get their earlier content back; everything else (checkpoints, logs) is left as it is.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], restore: Sequence[str] = ()) -> None:
+        self.path = Path(path)
+        self.restore = tuple(restore)
+        target, top = self.path, None
+        while not target.exists() and target != target.parent:
+            top, target = target, target.parent
+        self.created = top  # None: the folder was there
+        self.before = set(self.path.rglob("*")) if self.path.is_dir() else set()
+        self.saved = {n: (self.path / n).read_bytes() for n in self.restore if (self.path / n).is_file()}
+
+    def take_back(self) -> None:
+        """Undo the run's writes (see the class docstring); errors are ignored (a read-only folder)."""
+        if self.created is not None:
+            shutil.rmtree(self.created, ignore_errors=True)
+            return
+        if not self.path.is_dir():
+            return
+        added = set(self.path.rglob("*")) - self.before
+        for p in sorted(added, key=lambda q: len(q.parts), reverse=True):
+            try:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+            except OSError:
+                pass
+        for name in self.restore:
+            try:
+                if name in self.saved:
+                    (self.path / name).write_bytes(self.saved[name])
+                else:
+                    (self.path / name).unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
 def check_finite_numbers(args: argparse.Namespace | dict[str, Any]) -> None:

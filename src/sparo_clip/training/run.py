@@ -38,7 +38,7 @@ from sparo_clip.checkpoints.files import (
     training_checkpoints,
 )
 from sparo_clip.errors import CheckpointError, DataError, NonFiniteLossError, UnreadableImage
-from sparo_clip.inputs import is_local, read_image
+from sparo_clip.inputs import FolderSnapshot, is_local, read_image
 from sparo_clip.training.shards import PassRules, shard_samples
 
 _logger = logging.getLogger("sparo_clip.train")
@@ -204,7 +204,8 @@ class RunFolder:
     """What a training run writes into its folder, so that a run failing before its first step takes it back.
 
     A new run folder (or logs folder) is removed whole. A resumed run's folder gets its ``params.txt`` and
-    ``model_config.json`` back and loses the files the failed start created; its checkpoints and log stay.
+    ``model_config.json`` back and loses the files the failed start created; its checkpoints and log stay
+    (:class:`~sparo_clip.inputs.FolderSnapshot`).
     """
 
     RESTORED = ("params.txt", "model_config.json")
@@ -212,44 +213,18 @@ class RunFolder:
     def __init__(self, logs: str | None, name: str | None) -> None:
         self.logs = Path(logs) if logs and str(logs).lower() != "none" else None
         self.name = name
-        self.created: Path | None = None  # the topmost folder the run will create, if known
-        self.before: set[Path] = set()
-        self.saved: dict[str, bytes] = {}
-        if self.logs is None:
-            return
-        target = self.logs / name if name else self.logs
-        top = None
-        while not target.exists() and target != target.parent:
-            top, target = target, target.parent
-        self.created = top
-        run = self.logs / name if name else None
-        if run is not None and run.is_dir():
-            self.before = set(run.rglob("*"))
-            self.saved = {f: (run / f).read_bytes() for f in self.RESTORED if (run / f).is_file()}
+        self.snapshot = None
+        if self.logs is not None:
+            self.snapshot = FolderSnapshot(self.logs / name if name else self.logs, self.RESTORED)
 
     def take_back(self, name: str | None) -> None:
         """Undo the run's writes (``name``: the run's name as open_clip_train chose it)."""
-        if self.logs is None:
+        if self.snapshot is None:
             return
-        if self.created is not None:
-            shutil.rmtree(self.created, ignore_errors=True)
-            return
-        if not name:
-            return
-        run = self.logs / name
-        if not self.name:  # open_clip_train named a new run folder itself
-            shutil.rmtree(run, ignore_errors=True)
-            return
-        for p in sorted(set(run.rglob("*")) - self.before, key=lambda q: len(q.parts), reverse=True):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
-        for f in self.RESTORED:
-            if f in self.saved:
-                (run / f).write_bytes(self.saved[f])
-            else:
-                (run / f).unlink(missing_ok=True)
+        if self.name or self.snapshot.created is not None:
+            self.snapshot.take_back()
+        elif name:  # open_clip_train named a new run folder itself, in a logs folder that was there
+            shutil.rmtree(self.logs / name, ignore_errors=True)
 
 
 def make_csv_dataset(state: RunState) -> Callable[[type], type]:
