@@ -76,6 +76,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     from sparo_clip.errors import CheckpointError
 
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; give a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":

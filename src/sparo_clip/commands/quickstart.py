@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from sparo_clip.errors import ConfigError, SparoClipError, one_line
+from sparo_clip.inputs import check_finite_numbers, check_writable_folder
 from sparo_clip.models.builder import create_model, resolve_model_config
 
 _logger = logging.getLogger("sparo_clip.quickstart")
@@ -378,18 +380,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Every option, before the world is generated or anything is trained (one :class:`ConfigError` line)."""
+    check_finite_numbers(args)
+    for name in ("steps", "batch_size", "workers"):
+        if getattr(args, name) < (0 if name == "workers" else 1):
+            least = "0" if name == "workers" else "1"
+            raise ConfigError(
+                f"--{name.replace('_', '-')} {getattr(args, name)} is not valid: must be at least {least}"
+            )
+    if args.minutes is not None and args.minutes <= 0:
+        raise ConfigError(f"--minutes {args.minutes} is not valid: expected > 0")
+    if args.lr <= 0:
+        raise ConfigError(f"--lr {args.lr} is not valid: expected a positive learning rate")
+    check_writable_folder(args.out, "--out")
+    check_writable_folder(args.data, "--data")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[quickstart] %(message)s")
-    for name in ("steps", "batch_size", "workers"):
-        if getattr(args, name) < (0 if name == "workers" else 1):
-            print(
-                f"quickstart: error: --{name.replace('_', '-')} {getattr(args, name)} is not valid",
-                file=sys.stderr,
-            )
-            return 2
-    if args.minutes is not None and args.minutes <= 0:
-        print(f"quickstart: error: --minutes {args.minutes} is not valid: expected > 0", file=sys.stderr)
+    try:
+        check_args(args)
+    except ConfigError as e:
+        print(f"quickstart: error: {e}", file=sys.stderr)
         return 2
     cfg = QuickstartCfg(
         steps=args.steps, minutes=args.minutes, out=args.out, data=args.data, seed=args.seed,
@@ -397,7 +411,11 @@ def main(argv: list[str] | None = None) -> int:
         select_slots=not args.no_select_slots,
     )  # fmt: skip
     t = time.perf_counter()
-    summary = run_quickstart(cfg)
+    try:
+        summary = run_quickstart(cfg)
+    except (SparoClipError, RuntimeError, OSError) as e:  # a step failed: it said why above; say which
+        print(f"quickstart: error: {one_line(e)}", file=sys.stderr)
+        return 1
     report = Path(cfg.out) / "report.md"
     print(report.read_text())
     _logger.info("wrote %s and %s in %.0f s", report, Path(cfg.out) / "results.json", time.perf_counter() - t)

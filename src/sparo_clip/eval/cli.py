@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Check the data, load the model, encode, and score with the selected slots."""
+    inputs.check_finite_numbers(args)
     if args.task in PROBE_HELP:
         return run_probe(args)
     module = TASKS[args.task]

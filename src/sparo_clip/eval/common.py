@@ -56,6 +56,11 @@ def common_parser(with_slots: bool = True) -> argparse.ArgumentParser:
         action="store_true",
         help="stop with an error at the first unreadable image instead of skipping it with a warning",
     )
+    g.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="load weights holding NaN or inf (refused by default: they evaluate at chance), for debugging",
+    )
     return p
 
 
@@ -72,6 +77,7 @@ class ModelSpec:
         batch_size: images or texts per forward pass.
         workers: data loader worker processes.
         strict: stop at the first unreadable image instead of skipping it with a warning.
+        allow_nonfinite: load weights holding NaN or inf with a warning instead of refusing them.
     """
 
     model: str
@@ -81,6 +87,7 @@ class ModelSpec:
     batch_size: int = 64
     workers: int = 0
     strict: bool = False
+    allow_nonfinite: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ModelSpec:
@@ -113,6 +120,38 @@ class EncodedImages:
     slots: torch.Tensor
     kept: list[int]
     skipped: list[str] = field(default_factory=list)
+
+
+def encode_image_dataset(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    dataset: Dataset,
+    desc: str,
+    batch_size: int = 64,
+    workers: int = 0,
+    strict: bool = False,
+) -> EncodedImages:
+    """Encode a map-style dataset of ``(image, index)`` in order with ``encode`` (images -> slots), skipping
+    the unreadable images.
+
+    The dataset yields ``(reason, index)`` for a file it cannot read (:class:`~.folders.ImageList` does): it is
+    skipped with a warning naming it, or, with ``strict``, stops the run with that reason.
+    """
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, shuffle=False, collate_fn=_collate
+    )
+    chunks, kept, skipped = [], [], []
+    for images, index, failures in tqdm(loader, desc=desc, unit="batch"):
+        for reason in failures:
+            if strict:
+                raise DataError(f"{reason} (--strict; without it unreadable images are skipped)")
+            logger.warning("skipping unreadable image: %s", reason)
+            skipped.append(reason)
+        if images is not None:
+            chunks.append(encode(images))
+            kept += index
+    if not chunks:
+        raise DataError(f"{desc}: no readable images to encode ({len(skipped)} skipped)")
+    return EncodedImages(torch.cat(chunks), kept, skipped)
 
 
 def _collate(batch: list[tuple[Any, int]]) -> tuple[torch.Tensor | None, list[int], list[str]]:
@@ -187,22 +226,9 @@ class EvalContext:
         The dataset yields ``(reason, index)`` for a file it cannot read (:class:`~.folders.ImageList`
         does): it is skipped with a warning naming it, or, with ``strict``, stops the run with that reason.
         """
-        loader = DataLoader(
-            dataset, batch_size=self.batch_size, num_workers=self.workers, shuffle=False, collate_fn=_collate
+        return encode_image_dataset(
+            self.image_slots, dataset, desc, self.batch_size, self.workers, self.strict
         )
-        chunks, kept, skipped = [], [], []
-        for images, index, failures in tqdm(loader, desc=desc, unit="batch"):
-            for reason in failures:
-                if self.strict:
-                    raise DataError(f"{reason} (--strict; without it unreadable images are skipped)")
-                logger.warning("skipping unreadable image: %s", reason)
-                skipped.append(reason)
-            if images is not None:
-                chunks.append(self.image_slots(images))
-                kept += index
-        if not chunks:
-            raise DataError(f"{desc}: no readable images to encode ({len(skipped)} skipped)")
-        return EncodedImages(torch.cat(chunks), kept, skipped)
 
     def encode_dataset(self, dataset: Dataset, desc: str) -> torch.Tensor:
         """Encode every image of a map-style dataset of ``(image, index)`` in order: (N, L, V).
@@ -233,7 +259,11 @@ def load_context(spec: ModelSpec) -> EvalContext:
         logger.warning("no --pretrained given: evaluating %s with randomly initialised weights", spec.model)
     try:
         model, preprocess, tokenizer = loading.load_model(
-            spec.model, spec.pretrained, precision=spec.precision, device=spec.device
+            spec.model,
+            spec.pretrained,
+            precision=spec.precision,
+            device=spec.device,
+            allow_nonfinite=spec.allow_nonfinite,
         )
     except (RuntimeError, FileNotFoundError) as e:
         if isinstance(e, SparoClipError):

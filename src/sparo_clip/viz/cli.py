@@ -23,7 +23,13 @@ from tqdm.auto import tqdm
 
 from sparo_clip.checkpoints.loading import load_model
 from sparo_clip.errors import UnreadableImage
-from sparo_clip.inputs import check_device, check_output_folder, parse_slots, read_image
+from sparo_clip.inputs import (
+    check_device,
+    check_finite_numbers,
+    check_output_folder,
+    parse_slots,
+    read_image,
+)
 from sparo_clip.viz.figures import render_pair, render_slot_gallery
 from sparo_clip.viz.samples import SlotReadout, compute_readout
 
@@ -90,10 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="stop with an error at the first unreadable image instead of skipping it (and its caption)",
     )
+    p.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="load weights holding NaN or inf (refused by default), for debugging",
+    )
     return p
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    check_finite_numbers(args)
     for name in ("top_k", "gallery_size", "batch_size", "dpi"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -143,7 +155,9 @@ def load_readout(args: argparse.Namespace) -> SlotReadout:
     files = image_files(args.images)
     captions = read_captions(args.captions, len(files))
     check_output_folder(args.out)
-    model, preprocess, tokenizer = load_model(args.model, args.pretrained)
+    model, preprocess, tokenizer = load_model(
+        args.model, args.pretrained, allow_nonfinite=args.allow_nonfinite
+    )
     sparo_cfg = getattr(model, "sparo_cfg", None)
     if slots is not None and sparo_cfg is not None:
         slots = parse_slots(args.slots, sparo_cfg.num_slots)  # now also checked against the model's slots
