@@ -150,8 +150,22 @@ def _slots_from_file(path: str, num_slots: int | None) -> list[Any]:
     return data[key]
 
 
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _probe_write(folder: Path) -> None:
+    """Create and delete a file in ``folder`` (raises OSError when that is not allowed)."""
+    fd, tmp = tempfile.mkstemp(prefix=".sparo-write-check.", dir=folder)
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def check_output_file(path: str | os.PathLike[str] | None, option: str = "--output") -> None:
-    """Fail now, not after the work, when ``path`` cannot be written (its folder is created if missing).
+    """Fail now, not after the work, when ``path`` cannot be written; creates nothing (its folders are made
+    when the file is written).
 
     Raises:
         ConfigError: naming the path and the reason.
@@ -161,19 +175,22 @@ def check_output_file(path: str | os.PathLike[str] | None, option: str = "--outp
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{option} {path}: is a folder; give a file name")
-    existed = path.exists()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a"):
-            pass
+        if path.exists():
+            with path.open("a"):
+                pass
+        else:
+            existing = _existing_ancestor(path.parent)
+            if not existing.is_dir():
+                raise ConfigError(f"{option} {path}: cannot be written ({existing} is a file, not a folder)")
+            _probe_write(existing)
     except OSError as e:
         raise ConfigError(f"{option} {path}: cannot be written ({e.strerror or e})") from e
-    if not existed:
-        path.unlink()
 
 
 def check_output_folder(path: str | os.PathLike[str], option: str = "--out") -> None:
-    """Fail now, not after the work, when files cannot be written into the folder ``path`` (created if missing).
+    """Fail now, not after the work, when files cannot be written into the folder ``path``; creates nothing
+    (the command creates the folder when it writes).
 
     Raises:
         ConfigError: naming the folder and the reason.
@@ -181,11 +198,11 @@ def check_output_folder(path: str | os.PathLike[str], option: str = "--out") -> 
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{option} {path}: is a file; give a folder")
+    existing = _existing_ancestor(path)
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {path}: cannot write into this folder ({existing} is a file)")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-check-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
+        _probe_write(existing)
     except OSError as e:
         raise ConfigError(f"{option} {path}: cannot write into this folder ({e.strerror or e})") from e
 
@@ -197,16 +214,12 @@ def check_writable_folder(path: str | os.PathLike[str], option: str = "--output"
         ConfigError: naming the folder and the reason (a file in its place, a read-only parent).
     """
     path = Path(path)
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = _existing_ancestor(path)
     if not existing.is_dir():
         where = "is a file" if existing == path else f"cannot be created: {existing} is a file"
         raise ConfigError(f"{option} {path}: {where}; give a folder")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".sparo-write-check.", dir=existing)
-        os.close(fd)
-        os.unlink(tmp)
+        _probe_write(existing)
     except OSError as e:
         what = "cannot write into this folder" if existing == path else f"cannot be created in {existing}"
         raise ConfigError(f"{option} {path}: {what} ({e.strerror or e})") from e

@@ -151,6 +151,30 @@ def check_finite_weights(
     _logger.warning("%s", message)
 
 
+def check_checkpoint_finite(
+    path: str | os.PathLike[str], allow: bool = False, hint: str = ALLOW_HINT
+) -> None:
+    """:func:`check_finite_weights` of the model tensors in a checkpoint file (read weights-only, mapped).
+
+    Raises:
+        CheckpointError: an unreadable file, or one holding non-finite weights (unless ``allow``).
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {e}") from e
+    else:
+        obj = load_checkpoint_file(path, mmap=True)
+        state = obj.get("state_dict", obj) if isinstance(obj, dict) else {}
+    if isinstance(state, dict):
+        check_finite_weights(state, f"checkpoint {path}", allow, hint)
+
+
 def check_model_name(model_name: str) -> None:
     """Raise ConfigError unless ``model_name`` is registered in OpenCLIP (or a ``local-dir:``/``hf-hub:`` name)."""
     import open_clip

@@ -200,12 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps is not None:
         if args.steps < budget.epochs or args.steps % budget.epochs:
             print(
-                f"--steps must be a positive multiple of {budget.epochs}, got {args.steps}", file=sys.stderr
+                f"sparo-dino quickstart: error: --steps must be a positive multiple of {budget.epochs}, got "
+                f"{args.steps}",
+                file=sys.stderr,
             )
             return 2
         budget = Budget(**{**asdict(budget), "steps": args.steps})
     if args.threads < 1:
-        print(f"--threads must be >= 1, got {args.threads}", file=sys.stderr)
+        print(f"sparo-dino quickstart: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
     try:
         check_writable_folder(args.out, "--out")

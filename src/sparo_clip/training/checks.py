@@ -21,7 +21,7 @@ from sparo_clip.checkpoints.loading import check_finite_weights
 from sparo_clip.errors import CheckpointError, ConfigError
 from sparo_clip.inputs import check_finite_numbers, expand_urls, is_local
 from sparo_clip.training.run import newest_run_checkpoint, run_checkpoints
-from sparo_clip.training.shards import listed_size, member_names, probe_shard
+from sparo_clip.training.shards import SHARD_IMAGE_EXTS, listed_size, member_names, probe_shard
 
 
 def _shown(items: list[str], limit: int = 3) -> str:
@@ -231,7 +231,8 @@ def _check_workers(
 
 
 def _check_shard_has_captions(paths: list[str], flag: str) -> None:
-    """open_clip_train's loader waits forever on shards without ``.txt``: check one readable shard."""
+    """open_clip_train's loader waits forever on shards without ``.txt``, and trains on nothing without images:
+    check one readable shard for both."""
     for path in paths[:4]:
         names = member_names(path)
         if names is None:
@@ -240,6 +241,12 @@ def _check_shard_has_captions(paths: list[str], flag: str) -> None:
             raise ConfigError(
                 f"--{flag}: shard {path} has no '.txt' captions (found e.g. {names[:4]}); "
                 "open_clip_train's webdataset loader needs '<key>.txt' next to each image"
+            )
+        if names and not any(n.rsplit(".", 1)[-1].lower() in SHARD_IMAGE_EXTS for n in names):
+            found = sorted({"." + n.rsplit(".", 1)[-1] for n in names if "." in n})
+            raise ConfigError(
+                f"--{flag}: shard {path} has no images ({', '.join('.' + e for e in SHARD_IMAGE_EXTS)}); "
+                f"members found: {', '.join(found[:8])}"
             )
         return
 

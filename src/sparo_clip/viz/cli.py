@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"sparo-clip viz: error: {e}", file=sys.stderr)
         return 2
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # checked before; created only now that there is work
     written = write_pictures(readout, args)
     skipped = args.skipped_images
     summary = readout.summary(args.top_k) | {
