@@ -278,56 +278,60 @@ def train(args: Any, cfg: DinoCfg, progress: Progress | None = None) -> dict[str
     step, last_loss, t0 = start, float("nan"), time.perf_counter()
     skips, skipped_all = _Skips(args.strict), 0
     data_iter = iter(loader)
-    while step < total:
-        views = _next_views(data_iter, skips, step, endless=args.dataset_type != "folder")
-        views = [v.to(device, non_blocking=True) for v in views]
-        epoch = step // spe
-        lr, wd, m, tt = sched.lr(step), sched.wd(step), sched.momentum(step), sched.teacher_temp(epoch)
-        for i, group in enumerate(optimizer.param_groups):
-            group["lr"] = lr
-            if i == 0:
-                group["weight_decay"] = wd
-        with autocast:
+    try:
+        while step < total:
+            views = _next_views(data_iter, skips, step, endless=args.dataset_type != "folder")
+            views = [v.to(device, non_blocking=True) for v in views]
+            epoch = step // spe
+            lr, wd, m, tt = sched.lr(step), sched.wd(step), sched.momentum(step), sched.teacher_temp(epoch)
+            for i, group in enumerate(optimizer.param_groups):
+                group["lr"] = lr
+                if i == 0:
+                    group["weight_decay"] = wd
+            with autocast:
+                with torch.no_grad():
+                    t_out = teacher(views[:2])
+                s_out = model(views)
+            loss = criterion([t.float() for t in t_out], [s.float() for s in s_out], teacher_temp=tt)
+            if not math.isfinite(loss.item()):
+                raise NonFiniteLossError(
+                    f"the training loss is {loss.item()} at step {step}: stopped before saving non-finite weights "
+                    "(lower --lr or use --precision fp32)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), args.clip_grad or float("inf"))
+            student.head.cancel_last_layer_gradients(epoch)
+            optimizer.step()
             with torch.no_grad():
-                t_out = teacher(views[:2])
-            s_out = model(views)
-        loss = criterion([t.float() for t in t_out], [s.float() for s in s_out], teacher_temp=tt)
-        if not math.isfinite(loss.item()):
-            raise NonFiniteLossError(
-                f"the training loss is {loss.item()} at step {step}: stopped before saving non-finite weights "
-                "(lower --lr or use --precision fp32)"
+                lightly.update_momentum(student, teacher, m)
+            reduced = torch.stack(
+                [loss.detach().float(), torch.tensor(float(skips.count), device=loss.device)]
             )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), args.clip_grad or float("inf"))
-        student.head.cancel_last_layer_gradients(epoch)
-        optimizer.step()
-        with torch.no_grad():
-            lightly.update_momentum(student, teacher, m)
-        reduced = torch.stack([loss.detach().float(), torch.tensor(float(skips.count), device=loss.device)])
-        if world > 1:  # the mean loss, and the images skipped by every process
-            dist.all_reduce(reduced)
-            reduced[0] /= world
-        step, last_loss, skipped_all = step + 1, reduced[0].item(), int(reduced[1].item())
-        if progress is not None:
-            progress.steps += 1
-        bar.update()
-        bar.set_postfix(loss=f"{last_loss:.4f}")
-        if log is not None and (step % args.log_every == 0 or step == total):
-            row = {"step": step, "epoch": epoch, "loss": last_loss, "lr": lr, "wd": wd, "momentum": m,
-                   "teacher_temp": tt, "grad_norm": float(grad_norm), "skipped_images": skipped_all,
-                   "seconds": time.perf_counter() - t0}  # fmt: skip
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-        if rank == 0 and (step % args.save_every == 0 or step == total):
-            ckpt = {**meta, "step": step, "student": student.state_dict(), "teacher": teacher.state_dict(),
-                    "optimizer": optimizer.state_dict(), "center": criterion.center.detach().cpu()}  # fmt: skip
-            atomic_save(ckpt, out / "checkpoints" / f"step_{step:08d}.pt")
-            for old in checkpoint_paths(out)[args.keep :]:
-                old.unlink(missing_ok=True)
-    bar.close()
-    if log is not None:
-        log.close()
+            if world > 1:  # the mean loss, and the images skipped by every process
+                dist.all_reduce(reduced)
+                reduced[0] /= world
+            step, last_loss, skipped_all = step + 1, reduced[0].item(), int(reduced[1].item())
+            if progress is not None:
+                progress.steps += 1
+            bar.update()
+            bar.set_postfix(loss=f"{last_loss:.4f}")
+            if log is not None and (step % args.log_every == 0 or step == total):
+                row = {"step": step, "epoch": epoch, "loss": last_loss, "lr": lr, "wd": wd, "momentum": m,
+                       "teacher_temp": tt, "grad_norm": float(grad_norm), "skipped_images": skipped_all,
+                       "seconds": time.perf_counter() - t0}  # fmt: skip
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+            if rank == 0 and (step % args.save_every == 0 or step == total):
+                ckpt = {**meta, "step": step, "student": student.state_dict(), "teacher": teacher.state_dict(),
+                        "optimizer": optimizer.state_dict(), "center": criterion.center.detach().cpu()}  # fmt: skip
+                atomic_save(ckpt, out / "checkpoints" / f"step_{step:08d}.pt")
+                for old in checkpoint_paths(out)[args.keep :]:
+                    old.unlink(missing_ok=True)
+    finally:  # the progress line ends before any error line
+        bar.close()
+        if log is not None:
+            log.close()
     if world > 1:
         dist.barrier()
     return {"steps": step, "loss": last_loss, "skipped_images": skipped_all, "output": str(out)}
