@@ -187,8 +187,12 @@ class _Skips:
             self.count += 1
 
 
+MAX_EMPTY_BATCHES = 50  # batches in a row without a readable image before a shard stream gives up
+
+
 def _next_views(data_iter: Any, skips: _Skips, step: int, endless: bool) -> list[torch.Tensor]:
     """The next batch of views with at least one readable image (a batch may lose its unreadable ones)."""
+    empty = 0
     while True:
         try:
             views, reasons = next(data_iter)
@@ -197,9 +201,15 @@ def _next_views(data_iter: Any, skips: _Skips, step: int, endless: bool) -> list
         skips.note(reasons)
         if views is not None:
             return views
+        empty += 1
         if not endless:
             raise DataError(
                 f"every image of the batch for step {step} is unreadable (e.g. {reasons[0]}): check the data"
+            )
+        if empty >= MAX_EMPTY_BATCHES:
+            raise DataError(
+                f"{empty} batches in a row for step {step} held no readable image (e.g. {reasons[0]}): check "
+                "the data"
             )
 
 
