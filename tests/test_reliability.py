@@ -105,6 +105,7 @@ def test_memory_estimate_refuses_absurd_sizes_with_the_number():
 # ------------------------------------------------------------------------------------------ CLIP training
 
 
+@pytest.mark.slow  # two training runs
 def test_resume_latest_takes_the_newest_recorded_epoch_and_keeps_it(tmp_path):
     pattern = make_shards(tmp_path / "data", num_shards=2, per_shard=4)
     logs = tmp_path / "logs"
@@ -359,6 +360,7 @@ def test_dino_shards_that_are_all_unreadable_end_in_bounded_time(tmp_path, capsy
     assert not (tmp_path / "run").exists()  # failed before its first step
 
 
+@pytest.mark.slow  # two training runs
 def test_dino_resume_goes_by_the_recorded_step_and_cleans_orphans(tmp_path, caplog):
     images = class_folder(tmp_path / "imgs", {"a": 4, "b": 4})
     out = tmp_path / "run"
