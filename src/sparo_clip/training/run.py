@@ -186,7 +186,7 @@ def resume_latest(state: RunState) -> None:
     path, epoch, skipped = newest_run_checkpoint(folder)
     for _, reason in skipped:
         _logger.warning("--resume latest: skipping %s", reason)
-    if path is not None and str(path) != str(args.resume):
+    if path is not None:
         _logger.info("--resume latest: resuming from %s (epoch %d, the newest good checkpoint)", path, epoch)
     args.resume = str(path) if path is not None else None
 
