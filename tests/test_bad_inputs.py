@@ -172,6 +172,8 @@ def rows(tmp_path_factory) -> dict[str, Row]:
             "--resume", "latest"), 2, "was trained as --model test-SPARO", unchanged=unchanged_run),
         Row("train-resume-nan", module("sparo_clip.train", *clip, "--name", "a", "--resume", str(nan_train)), 2,
             "non-finite values (NaN or inf) in 2 of its", [logs / "a"]),
+        Row("train-init-from-nan", sparo_clip("train", *clip, "--name", "a", "--init-from", str(nan_ckpt)), 2,
+            f"--init-from: checkpoint {nan_ckpt} has non-finite values", [logs / "a"]),
         Row("train-resume-folder", sparo_clip("train", *clip, "--name", "a", "--resume", str(folder)), 2,
             "is a folder", [logs / "a"]),
         Row("train-csv-missing-image", sparo_clip("train", *clip, "--name", "a", "--train-data", str(csv_missing),
@@ -323,7 +325,7 @@ def results(rows, tmp_path_factory) -> dict[str, tuple[Row, dict, dict[Path, byt
 
 NAMES = [
     "train-lr-nan", "train-wd-inf", "train-override-nan", "train-absurd-size", "train-other-model-resume",
-    "train-resume-nan", "train-resume-folder", "train-csv-missing-image", "train-shards-without-images",
+    "train-resume-nan", "train-init-from-nan", "train-resume-folder", "train-csv-missing-image", "train-shards-without-images",
     "train-batch-zero",
     "zeroshot-nan-weights", "zeroshot-no-data", "retrieval-missing-csv", "sugarcrepe-nan-weights",
     "compositional-missing", "knn-nan-weights", "knn-temperature-nan", "knn-zero-byte-strict", "linear-wd-nan",

@@ -86,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     except SparoClipError as e:
         print(f"sparo-clip eval {args.task}: error: {one_line(e)}", file=sys.stderr)
         return 2
-    write_results(result, args.output)
+    try:
+        write_results(result, args.output)
+    except SparoClipError as e:
+        print(f"sparo-clip eval {args.task}: error: {one_line(e)}", file=sys.stderr)
+        return 1
     return 0
 
 

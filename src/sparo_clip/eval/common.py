@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from sparo_clip import inputs
 from sparo_clip.checkpoints import loading
-from sparo_clip.errors import ConfigError, DataError, SparoClipError
+from sparo_clip.errors import ConfigError, DataError, SparoClipError, WriteError
 from sparo_clip.models.readout import select_slots
 from sparo_clip.models.sparo import SparoCLIP
 
@@ -291,8 +291,11 @@ def write_results(result: dict[str, Any], output: str | None, omit_from_stdout: 
     print(json.dumps({k: v for k, v in result.items() if k not in omit_from_stdout}, indent=2))
     if output:
         path = Path(output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text + "\n")
+        except OSError as e:  # checked before the work; a disk can still fill up since
+            raise WriteError(f"cannot write {path}: {e.strerror or e} (the results are printed above)") from e
         logger.info("results written to %s", path)
 
 

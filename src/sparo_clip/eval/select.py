@@ -143,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     except SparoClipError as e:
         print(f"sparo-clip select-slots {args.task}: error: {one_line(e)}", file=sys.stderr)
         return 2
-    write_results(result, args.output, omit_from_stdout=("trace",))
+    try:
+        write_results(result, args.output, omit_from_stdout=("trace",))
+    except SparoClipError as e:
+        print(f"sparo-clip select-slots {args.task}: error: {one_line(e)}", file=sys.stderr)
+        return 1
     return 0
 
 

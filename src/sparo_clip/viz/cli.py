@@ -218,15 +218,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"sparo-clip viz: error: {e}", file=sys.stderr)
         return 2
-    Path(args.out).mkdir(parents=True, exist_ok=True)  # checked before; created only now that there is work
-    written = write_pictures(readout, args)
-    skipped = args.skipped_images
-    summary = readout.summary(args.top_k) | {
-        "files": written,
-        "skipped_images": {"count": len(skipped), "files": skipped[:20]},
-    }
     out = Path(args.out)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    try:
+        out.mkdir(parents=True, exist_ok=True)  # checked before; created only now that there is work
+        written = write_pictures(readout, args)
+        skipped = args.skipped_images
+        summary = readout.summary(args.top_k) | {
+            "files": written,
+            "skipped_images": {"count": len(skipped), "files": skipped[:20]},
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    except OSError as e:  # checked before the work; a disk can still fill up since
+        print(f"sparo-clip viz: error: cannot write into {out}: {e.strerror or e}", file=sys.stderr)
+        return 1
     logger.info("wrote %d pair pictures and %d slot galleries to %s", len(written["pairs"]),
                 len(written["slots"]), out)  # fmt: skip
     return 0
