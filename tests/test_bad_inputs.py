@@ -254,6 +254,9 @@ def rows(tmp_path_factory) -> dict[str, Row]:
         Row("dino-resume-none-over-run", sparo_dino("train", *dino, "--output", str(dino_sparo), "--resume",
             "none"), 2, "--resume none would overwrite them",
             unchanged=[dino_sparo / "config.json", dino_sparo / "checkpoints" / "step_00000001.pt"]),
+        Row("dino-resume-older-step", sparo_dino("train", *dino, "--output", str(dino_sparo), "--resume",
+            str(_older(dino_sparo, t))), 2, "resuming would overwrite the newer checkpoints",
+            unchanged=[dino_sparo / "config.json", dino_sparo / "checkpoints" / "step_00000001.pt"]),
         Row("dino-output-under-file", sparo_dino("train", *dino, "--output", str(afile / "run")), 2,
             "cannot be created"),
         Row("dino-shards-no-images", sparo_dino("train", *dino, "--output", str(out / "d"), "--train-data",
@@ -272,6 +275,14 @@ def rows(tmp_path_factory) -> dict[str, Row]:
     ]  # fmt: skip
     assert len({row.name for row in r}) == len(r)
     return {row.name: row for row in r}
+
+
+def _older(run: Path, t: Path) -> Path:
+    """A copy of a DINO run's checkpoint that records step 0 (an older state of the same run)."""
+    ckpt = torch.load(run / "checkpoints" / "step_00000001.pt", weights_only=True)
+    path = t / "step-0.pt"
+    torch.save({**ckpt, "step": 0}, path)
+    return path
 
 
 def _names(t: Path) -> Path:
@@ -334,7 +345,7 @@ NAMES = [
     "make-data-out-under-file", "make-data-holdout-nan", "parity-unknown-base", "convert-folder",
     "list-bad-flag", "unknown-command", "dino-train-heads", "dino-parity-unknown", "dino-lr-nan",
     "dino-teacher-temp-inf", "dino-overrides-nan", "dino-absurd-size", "dino-output-other-config",
-    "dino-resume-other-model", "dino-resume-clip-file", "dino-resume-unreadable", "dino-resume-none-over-run",
+    "dino-resume-other-model", "dino-resume-clip-file", "dino-resume-unreadable", "dino-resume-none-over-run", "dino-resume-older-step",
     "dino-output-under-file", "dino-shards-no-images", "quickstart-lr-nan", "quickstart-minutes-inf",
     "quickstart-out-under-file", "dino-quickstart-out-under-file", "dino-quickstart-steps",
 ]  # fmt: skip

@@ -174,7 +174,13 @@ def check_args(args: argparse.Namespace, world: int) -> DinoCfg:
         )
     check_output(args, cfg)
     if args.resume not in ("auto", "none"):
-        check_checkpoint(Path(args.resume), cfg, "--resume")
+        step = check_checkpoint(Path(args.resume), cfg, "--resume")
+        newest, newest_step, _ = newest_checkpoint(args.output)
+        if newest is not None and newest_step > step and newest.resolve() != Path(args.resume).resolve():
+            raise ConfigError(
+                f"--resume {args.resume} is at step {step}, but --output holds {newest} at step {newest_step}: "
+                "resuming would overwrite the newer checkpoints; use --resume auto, or another --output"
+            )
     args.world = world
     args.global_batch = args.batch_size * world
     return cfg
