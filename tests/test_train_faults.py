@@ -139,7 +139,7 @@ def test_resume_latest_skips_unreadable_checkpoints(tmp_path):
     log = (logs / "skip" / "out.log").read_text()
     assert "--resume latest: skipping checkpoint" in log and "epoch_latest.pt holds objects other than" in log
     assert f"--resume latest: skipping checkpoint {_ckpt(logs, 'skip', 2)} is empty" in log
-    assert f"resuming from {_ckpt(logs, 'skip', 1)}, the newest readable checkpoint" in log
+    assert f"resuming from {_ckpt(logs, 'skip', 1)} (epoch 1, the newest good checkpoint)" in log
     assert not marker.exists()
     assert torch.load(_ckpt(logs, "skip", 3), weights_only=True)["epoch"] == 3
 
@@ -152,12 +152,14 @@ def test_resume_latest_with_no_readable_checkpoint_stops_with_one_line(tmp_path,
     for epoch in (1, 2):
         _ckpt(logs, "none", epoch).write_bytes(b"not a checkpoint")
     capsys.readouterr()
-    assert main([*args, "--resume", "latest"]) == 1
+    params = (logs / "none" / "params.txt").read_bytes()
+    assert main([*args, "--resume", "latest"]) == 2  # refused before the run starts
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(
         f"sparo-clip train: error: --resume latest: no readable checkpoint in {logs / 'none'}"
     )
     assert "(2 unreadable)" in err
+    assert (logs / "none" / "params.txt").read_bytes() == params
 
 
 class _Evil:

@@ -2,7 +2,7 @@
 
 Each derives from :class:`SparoClipError` (catch that for "any failure we explain") and from the builtin a
 caller of the replaced code would expect (``ValueError`` for bad input, ``RuntimeError`` for a strict load that
-does not fit, ``FloatingPointError`` for a diverged loss).
+does not fit, ``FloatingPointError`` for a diverged loss, ``OSError`` for a write that failed).
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ class CheckpointMismatch(CheckpointError, RuntimeError):
 
 class NonFiniteLossError(SparoClipError, FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class WriteError(SparoClipError, OSError):
+    """A destination that cannot be written (read-only, full disk); what was there before is left intact."""
 
 
 def one_line(e: BaseException) -> str:

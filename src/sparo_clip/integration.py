@@ -198,6 +198,7 @@ class RunAdapters:
         tarfile_to_samples: replaces ``open_clip_train.data.tarfile_to_samples_nothrow`` (training shards).
         shuffle: what ``wds.shuffle`` means inside ``open_clip_train.data`` (the training sample shuffle).
         imagenet_v2_dataset: stands in for ``imagenetv2_pytorch.ImageNetV2Dataset`` when it is not installed.
+        csv_dataset: given ``open_clip_train.data.CsvDataset``, the class used in its place (CSV data).
         cpu_safe_ddp: what ``torch.nn.parallel.DistributedDataParallel`` means inside ``open_clip_train.main``
             when no GPU is present.
     """
@@ -212,6 +213,7 @@ class RunAdapters:
     tarfile_to_samples: Callable[..., Any]
     shuffle: Callable[..., Any]
     imagenet_v2_dataset: type
+    csv_dataset: Callable[[type], type]
     cpu_safe_ddp: type | None = None
 
 
@@ -236,6 +238,9 @@ RUN_PATCH_POINTS: tuple[tuple[str, str], ...] = (
     ("open_clip_train.data", "tarfile_to_samples_nothrow"),
     # webdataset as open_clip_train.data sees it: a sample shuffle seeded from --seed (3.3.0 seeds from pid+time)
     ("open_clip_train.data", "wds"),
+    # CSV data: 3.3.0's CsvDataset opens each image in __getitem__ and one unreadable file ends the run with a
+    # DataLoader traceback; its stand-in (a subclass) skips such images with a warning naming them
+    ("open_clip_train.data", "CsvDataset"),
 )
 
 
@@ -321,6 +326,7 @@ def open_clip_train_run(adapters: RunAdapters) -> Iterator[None]:
         (oc_main, "torch"): ModuleView(torch, torch_overrides),
         (oc_data, "tarfile_to_samples_nothrow"): adapters.tarfile_to_samples,
         (oc_data, "wds"): ModuleView(webdataset, {"shuffle": adapters.shuffle}),
+        (oc_data, "CsvDataset"): adapters.csv_dataset(oc_data.CsvDataset),
     }
     assert {(m.__name__, a) for m, a in replacements} == set(RUN_PATCH_POINTS)
     with contextlib.ExitStack() as stack:

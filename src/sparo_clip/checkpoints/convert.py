@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from sparo_clip.checkpoints.transfer import read_state_dict
+from sparo_clip.errors import CheckpointError, WriteError
 
 _PREFIXES = {"visual.sparo.": "image_readout.", "text_sparo.": "text_readout."}
 _TOP_LEVEL_TEXT = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.")
@@ -97,18 +98,27 @@ def convert_file(
     Returns:
         The model with the converted weights loaded (strictly).
     """
+    from sparo_clip.checkpoints.files import atomic_save
+    from sparo_clip.inputs import check_output_file
     from sparo_clip.models.builder import create_model
 
+    if Path(src).is_dir():
+        raise CheckpointError(f"checkpoint {src} is a folder; give the reference checkpoint file")
+    if not Path(src).is_file():
+        raise CheckpointError(f"checkpoint {src} does not exist")
+    check_output_file(dst, "output")  # before the model is built and the checkpoint read
     model = create_model(model_name, override_config=override)
     converted = convert_reference_state_dict(read_state_dict(src), model)
     model.load_state_dict(converted, strict=True)
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     if dst.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file(state, str(dst))
+        try:
+            save_file(state, str(dst))
+        except OSError as e:
+            raise WriteError(f"cannot write {dst}: {e.strerror or e}") from e
     else:
-        torch.save({"state_dict": state}, dst)
+        atomic_save({"state_dict": state}, dst)
     return model

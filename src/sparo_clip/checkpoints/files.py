@@ -1,9 +1,14 @@
-"""Checkpoint files: atomic writes, loads that never run code, and the newest readable checkpoint.
+"""Checkpoint files: atomic writes, loads that never run code, and the newest good checkpoint of a run.
 
 Every checkpoint this project writes goes through :func:`atomic_save` (a temporary file in the same folder,
-flushed to disk, then renamed over the target: a kill leaves the old file or the new one, never half of one),
-and every checkpoint it reads goes through :func:`load_checkpoint_file` (``torch.load(weights_only=True)``:
-tensors and plain containers only, so a crafted file cannot run code) with one clear error per failure.
+flushed to disk, then renamed over the target: a kill leaves the old file or the new one, never half of one;
+a write that fails, e.g. on a full disk, is one :class:`WriteError` line and replaces nothing), and every
+checkpoint it reads goes through :func:`load_checkpoint_file` (``torch.load(weights_only=True)``: tensors and
+plain containers only, so a crafted file cannot run code) with one clear error per failure.
+
+A run resumes from :func:`newest_state`: the readable checkpoint whose *recorded* progress (epoch or step) is
+the highest, whatever the files are called. :func:`remove_orphan_temporaries` deletes the temporary files a
+killed :func:`atomic_save` left behind.
 """
 
 from __future__ import annotations
@@ -19,24 +24,78 @@ from typing import Any
 
 import torch
 
-from sparo_clip.errors import CheckpointError
+from sparo_clip.errors import CheckpointError, WriteError
+
+TEMPORARY_SUFFIX = ".tmp"  # atomic_save's temporary files: ``.<name>.<random>.tmp`` next to the target
+
+
+class _WriteRecorder:
+    """A file for ``torch.save`` that remembers the OSError of a failed write (torch reports it as a bare
+    RuntimeError of its zip writer)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` to ``path`` atomically (temporary file + fsync + rename in the same folder)."""
+    """``torch.save`` to ``path`` atomically (temporary file + fsync + rename in the same folder).
+
+    Raises:
+        WriteError: the folder or file cannot be written (read-only, full disk, file size limit); the file
+            that was at ``path`` before, if any, is intact and no temporary file is left.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {e.strerror or e}") from e
+    recorder = None
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            recorder = _WriteRecorder(f)
+            torch.save(obj, recorder)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        cause = e if isinstance(e, OSError) else recorder.error if recorder is not None else None
+        if cause is not None:
+            kept = "the file there before is intact" if path.exists() else "nothing was written"
+            raise WriteError(f"cannot write {path}: {cause.strerror or cause} ({kept})") from e
         raise
     return path
+
+
+def remove_orphan_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files of interrupted :func:`atomic_save` calls in ``folder``; returns them.
+
+    Only names :func:`atomic_save` makes are touched (``.<name>.<random>.tmp``). Call it when a run starts,
+    before anything of that run writes into ``folder``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in folder.glob(f".*{TEMPORARY_SUFFIX}"):
+        if p.is_file() and re.fullmatch(rf"\..+\.[A-Za-z0-9_]+{re.escape(TEMPORARY_SUFFIX)}", p.name):
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass  # a read-only folder: the orphan stays, and is never read
+    return removed
 
 
 def load_checkpoint_file(path: str | os.PathLike[str], map_location: Any = "cpu", mmap: bool = False) -> Any:
@@ -49,10 +108,10 @@ def load_checkpoint_file(path: str | os.PathLike[str], map_location: Any = "cpu"
             torch's legacy (non-zip) format are then read whole.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; give a checkpoint file")
     if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint {path} does not exist" + (" (it is a folder)" if path.is_dir() else "")
-        )
+        raise CheckpointError(f"checkpoint {path} does not exist")
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted write?")
@@ -115,9 +174,11 @@ def newest_readable(
 
 
 def training_checkpoints(folder: str | os.PathLike[str]) -> list[Path]:
-    """A run's checkpoints, newest first: ``epoch_latest.pt``, then ``epoch_N.pt`` by decreasing ``N``.
+    """A run's checkpoints by name: ``epoch_latest.pt``, then ``epoch_N.pt`` by decreasing ``N``.
 
-    Temporary files of interrupted writes (``tmp.pt``, ``.<name>.*.tmp``) are never candidates.
+    The names say nothing sure about the order (``epoch_latest.pt`` may be older than ``epoch_N.pt`` after a
+    kill): :func:`newest_state` orders them by what they record. Temporary files of interrupted writes
+    (``tmp.pt``, ``.<name>.*.tmp``) are never candidates.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -129,3 +190,38 @@ def training_checkpoints(folder: str | os.PathLike[str]) -> list[Path]:
             numbered.append((int(match.group(1)), p))
     latest = [folder / "epoch_latest.pt"] if (folder / "epoch_latest.pt").is_file() else []
     return latest + [p for _, p in sorted(numbered, reverse=True)]
+
+
+def recorded_progress(obj: Any, key: str) -> int | None:
+    """The progress a loaded checkpoint records under ``key`` (``epoch``, ``step``), or None."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def newest_state(
+    paths: Iterable[str | os.PathLike[str]], key: str
+) -> tuple[Path | None, int | None, list[tuple[Path, str]]]:
+    """Of ``paths``, the readable checkpoint recording the highest ``key`` (``epoch`` or ``step``).
+
+    Every file is read (tensors memory-mapped, so this is cheap for large files); files that cannot be read,
+    or record no ``key``, are skipped. Ties go to the earlier path.
+
+    Returns:
+        (path or None, its recorded progress or None, [(skipped path, reason), ...]).
+    """
+    best: tuple[Path, int] | None = None
+    skipped: list[tuple[Path, str]] = []
+    for p in paths:
+        p = Path(p)
+        try:
+            progress = recorded_progress(load_checkpoint_file(p, mmap=True), key)
+        except CheckpointError as e:
+            skipped.append((p, str(e)))
+            continue
+        if progress is None:
+            skipped.append((p, f"checkpoint {p} records no {key!r}"))
+        elif best is None or progress > best[1]:
+            best = (p, progress)
+    return (best[0], best[1], skipped) if best else (None, None, skipped)

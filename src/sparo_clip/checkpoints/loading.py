@@ -8,6 +8,8 @@
   :class:`~sparo_clip.errors.CheckpointMismatch` naming what does not fit.
 - :func:`load_model`: model name + checkpoint -> (model in eval mode, eval transform, tokenizer), for the
   evaluation and picture commands, after :func:`check_model_name` and :func:`check_pretrained`.
+- :func:`check_finite_weights`: weights with NaN or infinite values are refused at load (they evaluate at
+  chance without a word), naming the tensors; ``allow`` (``--allow-nonfinite``) turns that into a warning.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,72 @@ def fit_report(model: torch.nn.Module, shapes: dict[str, tuple[int, ...]], few: 
     return f"{parts} of the model's {len(own)} tensors ({'; '.join(shown)})"
 
 
+def nonfinite_tensors(weights: Mapping[str, torch.Tensor] | torch.nn.Module) -> tuple[list[str], int]:
+    """(names of the floating-point tensors holding NaN or inf, number of tensors looked at)."""
+    state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    bad = [k for k, v in tensors.items() if v.device.type != "meta" and not bool(torch.isfinite(v).all())]
+    return bad, len(tensors)
+
+
+ALLOW_HINT = " (--allow-nonfinite loads it anyway, for debugging)"
+
+
+def check_finite_weights(
+    weights: Mapping[str, torch.Tensor] | torch.nn.Module,
+    source: str,
+    allow: bool = False,
+    hint: str = ALLOW_HINT,
+    few: int = 3,
+) -> None:
+    """Refuse weights holding NaN or inf (a diverged run's checkpoint evaluates at chance without a word).
+
+    Args:
+        weights: a model or a state dict.
+        source: what the weights are, for the message (``checkpoint run/epoch_3.pt``).
+        allow: only warn (``--allow-nonfinite``, for debugging).
+        hint: what the message ends with (how to load it anyway).
+
+    Raises:
+        CheckpointError: naming the first tensors with non-finite values and how many there are.
+    """
+    bad, total = nonfinite_tensors(weights)
+    if not bad:
+        return
+    shown = ", ".join(bad[:few]) + (f" (+{len(bad) - few} more)" if len(bad) > few else "")
+    message = (
+        f"{source} has non-finite values (NaN or inf) in {len(bad)} of its {total} tensors: {shown}; a "
+        "diverged training run?"
+    )
+    if not allow:
+        raise CheckpointError(message + hint)
+    _logger.warning("%s", message)
+
+
+def check_checkpoint_finite(
+    path: str | os.PathLike[str], allow: bool = False, hint: str = ALLOW_HINT
+) -> None:
+    """:func:`check_finite_weights` of the model tensors in a checkpoint file (read weights-only, mapped).
+
+    Raises:
+        CheckpointError: an unreadable file, or one holding non-finite weights (unless ``allow``).
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {e}") from e
+    else:
+        obj = load_checkpoint_file(path, mmap=True)
+        state = obj.get("state_dict", obj) if isinstance(obj, dict) else {}
+    if isinstance(state, dict):
+        check_finite_weights(state, f"checkpoint {path}", allow, hint)
+
+
 def check_model_name(model_name: str) -> None:
     """Raise ConfigError unless ``model_name`` is registered in OpenCLIP, or a ``local-dir:`` / ``hf-hub:`` name
     whose config can be read (an ``hf-hub:`` one from the hub, or from its cache when offline)."""
@@ -162,16 +230,18 @@ def load_model(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     override_config: dict[str, Any] | None = None,
+    allow_nonfinite: bool = False,
 ) -> tuple[torch.nn.Module, Callable[[Any], torch.Tensor], Callable[[Sequence[str]], torch.Tensor]]:
     """The one model loader of the evaluation and picture commands: (model in eval mode, eval transform, tokenizer).
 
     ``override_config`` is deep-merged into the model config (``--override-model-config``, as in training); the
     tokenizer is the one of the text tower the model is built with (:func:`sparo_clip.models.builder.get_tokenizer`).
+    ``allow_nonfinite`` loads weights with NaN or inf values with a warning instead of refusing them.
 
     Raises:
         ConfigError: unknown model name or pretrained tag.
-        CheckpointError: a checkpoint file that is missing, empty, not a checkpoint, unsafe or saved from another
-            model.
+        CheckpointError: a checkpoint file that is missing, empty, not a checkpoint, unsafe, saved from another
+            model, or holding non-finite weights.
     """
     from sparo_clip.models.builder import create_model_and_transforms, get_tokenizer
 
@@ -181,4 +251,6 @@ def load_model(
         model_name, pretrained=pretrained, precision=precision, device=device, override_config=override_config
     )
     model.eval()
+    source = f"checkpoint {pretrained}" if pretrained else f"model {model_name}"
+    check_finite_weights(model, source, allow_nonfinite)
     return model, preprocess, get_tokenizer(model_name, override_config)

@@ -76,6 +76,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     from sparo_clip.errors import CheckpointError
 
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; give a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
@@ -168,8 +170,13 @@ def check_init_from(
     """Check ``checkpoint`` against a registered model built on the meta device (before any training).
 
     Raises:
-        FileNotFoundError / ValueError: as :func:`init_from_checkpoint`.
+        FileNotFoundError / ValueError: as :func:`init_from_checkpoint`; also (a :class:`CheckpointError`) when
+            its tensors hold NaN or inf.
     """
+    from sparo_clip.checkpoints.loading import check_finite_weights
     from sparo_clip.models.param_count import meta_model
 
-    return init_from_checkpoint(meta_model(model_name, override), checkpoint, check_only=True)
+    state = read_state_dict(checkpoint) if not isinstance(checkpoint, dict) else dict(checkpoint)
+    report = init_from_checkpoint(meta_model(model_name, override), state, check_only=True)
+    check_finite_weights(state, f"checkpoint {checkpoint}", hint="")
+    return report

@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         name = ALIASES[name]
     if name not in COMMANDS:
-        print(f"sparo-clip: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        print(
+            f"{_usage()}\n\nsparo-clip: error: unknown command {name!r}; one of: {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     result = module.main(rest)

@@ -53,13 +53,14 @@ def pretrained_files(argv: list[str]) -> list[str]:
     return values
 
 
-def check_checkpoints(argv: list[str]) -> None:
+def check_checkpoints(argv: list[str], allow_nonfinite: bool = False) -> None:
     """Read every checkpoint file given as ``--pretrained`` weights-only before CLIP_benchmark starts.
 
     Raises:
-        CheckpointError: one line naming a missing, empty, unreadable or unsafe file.
+        CheckpointError: one line naming a missing, empty, unreadable or unsafe file, or one whose weights
+            hold NaN or inf (unless ``allow_nonfinite``: CLIP_benchmark would report chance accuracy).
     """
-    from sparo_clip.checkpoints.loading import checkpoint_tensor_shapes
+    from sparo_clip.checkpoints.loading import check_checkpoint_finite, checkpoint_tensor_shapes
 
     for value in pretrained_files(argv):
         looks_like_file = os.sep in value or Path(value).suffix in (
@@ -71,11 +72,18 @@ def check_checkpoints(argv: list[str]) -> None:
         )
         if os.path.exists(value) or looks_like_file:  # anything else is a pretrained tag
             checkpoint_tensor_shapes(value)
+            check_checkpoint_finite(
+                value,
+                allow_nonfinite,
+                hint=" (sparo-clip clip-benchmark --allow-nonfinite ... loads it anyway)",
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``clip_benchmark`` with ``argv`` (default: ``sys.argv[1:]``) after registering the SPARO configs."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    allow_nonfinite = "--allow-nonfinite" in argv  # ours: not passed on to CLIP_benchmark
+    argv = [a for a in argv if a != "--allow-nonfinite"]
     try:
         import clip_benchmark.cli as clip_benchmark_cli
     except ImportError as e:
@@ -87,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from sparo_clip.errors import CheckpointError
 
     try:
-        check_checkpoints(argv)
+        check_checkpoints(argv, allow_nonfinite)
     except CheckpointError as e:
         print(f"sparo-clip clip-benchmark: error: {e}", file=sys.stderr)
         return 2

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from sparo_clip.checkpoints.convert import convert_file
+from sparo_clip.errors import SparoClipError, one_line
+from sparo_clip.inputs import load_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,10 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--override", default=None, help="JSON deep-merged into the model config")
     args = p.parse_args(argv)
     try:
-        override = json.loads(args.override) if args.override else None
+        override = load_json(args.override, "--override") if args.override else None
+        if override is not None and not isinstance(override, dict):
+            raise ValueError(f"--override must be a JSON object, got {args.override!r}")
         convert_file(args.src, args.dst, args.model, override)
-    except (ValueError, FileNotFoundError, NotImplementedError) as e:
-        print(f"sparo-clip convert: error: {e}", file=sys.stderr)
+    except (SparoClipError, ValueError, FileNotFoundError, NotImplementedError) as e:
+        print(f"sparo-clip convert: error: {one_line(e)}", file=sys.stderr)
         return 2
     print(f"wrote {args.dst}: loads with create_model({args.model!r}, pretrained={str(args.dst)!r})")
     return 0

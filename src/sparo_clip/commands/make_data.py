@@ -11,6 +11,7 @@ from pathlib import Path
 from sparo_clip.data.generate import SMALL_SIZES, generate
 from sparo_clip.data.sets import SizeCfg
 from sparo_clip.data.world import PALETTE, SHAPES, WorldCfg
+from sparo_clip.inputs import check_finite_numbers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        check_finite_numbers(args)
         holdout = (
             None if args.holdout is None else tuple(h.strip() for h in args.holdout.split(",") if h.strip())
         )

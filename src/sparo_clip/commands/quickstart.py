@@ -47,6 +47,7 @@ from sparo_clip.experiment.runs import (
     world_for,
 )
 from sparo_clip.experiment.seeds import compare
+from sparo_clip.inputs import check_writable_folder
 from sparo_clip.models.builder import create_model
 from sparo_clip.models.param_count import count_model_parameters
 
@@ -133,11 +134,11 @@ def evaluate_seed(
     }
 
 
-def run_quickstart(cfg: QuickstartCfg) -> dict[str, Any]:
+def run_quickstart(cfg: QuickstartCfg, recipe: recipe_mod.Recipe | None = None) -> dict[str, Any]:
     """The whole job; returns the summary written to ``results.json`` (the report is ``report.md``)."""
     from sparo_clip.commands.quickstart_report import write_report
 
-    recipe = recipe_mod.load()
+    recipe = recipe or recipe_mod.load()
     epochs = cfg.epochs or (1 if cfg.small else recipe.epochs)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -218,10 +219,17 @@ def main(argv: list[str] | None = None) -> int:
             seeds=args.seeds, epochs=args.epochs, out=args.out, data=args.data, small=args.small,
             parallel=not args.one_at_a_time, select_slots=not args.no_select_slots,
         )  # fmt: skip
-        summary = run_quickstart(cfg)
+        check_writable_folder(args.out, "--out")
+        check_writable_folder(args.data, "--data")
+        recipe = recipe_mod.load()
     except SparoClipError as e:
         print(f"quickstart: error: {one_line(e)}", file=sys.stderr)
         return 2
+    try:
+        summary = run_quickstart(cfg, recipe)
+    except (SparoClipError, RuntimeError, OSError) as e:  # a step failed: it said why above; say which
+        print(f"quickstart: error: {one_line(e)}", file=sys.stderr)
+        return 1
     report = Path(cfg.out) / "report.md"
     print(report.read_text())
     _logger.info("wrote %s and %s in %.0f s", report, Path(cfg.out) / "results.json", time.perf_counter() - t)

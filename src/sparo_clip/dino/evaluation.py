@@ -32,7 +32,7 @@ def dino_eval_transform(size: int) -> Callable:
 def dino_image_encoder(path: str, spec: ModelSpec) -> ImageEncoder:
     """The teacher encoder of the DINO checkpoint ``path`` on ``spec.device`` (CheckpointError for a bad file)."""
     device = torch.device(spec.device)
-    encoder = load_encoder(path).to(device)
+    encoder = load_encoder(path, allow_nonfinite=spec.allow_nonfinite).to(device)
     autocast = get_autocast(spec.precision, device_type=device.type)
 
     @torch.inference_mode()

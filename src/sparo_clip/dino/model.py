@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparo_clip.checkpoints.files import load_checkpoint_file
+from sparo_clip.checkpoints.loading import check_finite_weights
 from sparo_clip.dino.config import DinoCfg
 from sparo_clip.dino.lightly_api import require_lightly
 from sparo_clip.errors import CheckpointError
@@ -168,19 +169,33 @@ def encoder_state(net_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return {k[len("encoder.") :]: v for k, v in net_state.items() if k.startswith("encoder.")}
 
 
-def load_encoder(path: str | Path, which: str = "teacher", map_location: Any = "cpu") -> DinoEncoder:
+def load_encoder(
+    path: str | Path, which: str = "teacher", map_location: Any = "cpu", allow_nonfinite: bool = False
+) -> DinoEncoder:
     """Rebuild the encoder of a DINO training checkpoint (the teacher by default; DINO evaluates it).
 
+    Args:
+        allow_nonfinite: load weights holding NaN or inf with a warning instead of refusing them.
+
     Raises:
-        CheckpointError: unreadable file, or not a DINO checkpoint (no ``dino_cfg`` / network).
+        CheckpointError: unreadable file, not a DINO checkpoint (no ``dino_cfg`` / network), a config that
+            cannot be built, tensors that do not fit it, or non-finite weights.
     """
     ckpt = load_checkpoint_file(path, map_location=map_location)
     if not isinstance(ckpt, dict) or "dino_cfg" not in ckpt or which not in ckpt:
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"checkpoint {path} is not a DINO checkpoint with {which!r} (holds {keys})")
-    encoder = DinoEncoder(DinoCfg.from_dict(ckpt["dino_cfg"]))
     try:
-        encoder.load_state_dict(encoder_state(ckpt[which]))
+        encoder = DinoEncoder(DinoCfg.from_dict(ckpt["dino_cfg"]))
+    except (ValueError, TypeError, AssertionError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {path}: its dino_cfg cannot be built: {e}") from e
+    state = ckpt[which]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path}: {which!r} is not a state dict")
+    check_finite_weights(encoder_state(state), f"the {which} of checkpoint {path}", allow_nonfinite)
+    try:
+        encoder.load_state_dict(encoder_state(state))
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path}: {which} does not fit its dino_cfg: {e}") from e
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {path}: {which} does not fit its dino_cfg: {first}") from e
     return encoder.eval()

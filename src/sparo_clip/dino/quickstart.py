@@ -30,7 +30,9 @@ from sparo_clip.dino.config import load_config
 from sparo_clip.dino.model import DinoNet, load_encoder
 from sparo_clip.dino.pictures import slot_attention_png
 from sparo_clip.dino.shapes import probe_sets
+from sparo_clip.errors import ConfigError, SparoClipError, one_line
 from sparo_clip.eval import cli as eval_cli
+from sparo_clip.inputs import check_writable_folder
 
 ROOT = Path(__file__).resolve().parents[3]
 MODELS = {"CLS-DINO": "tiny_dino", "SPARO-DINO": "tiny_sparo_dino"}
@@ -198,12 +200,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps is not None:
         if args.steps < budget.epochs or args.steps % budget.epochs:
             print(
-                f"--steps must be a positive multiple of {budget.epochs}, got {args.steps}", file=sys.stderr
+                f"sparo-dino quickstart: error: --steps must be a positive multiple of {budget.epochs}, got "
+                f"{args.steps}",
+                file=sys.stderr,
             )
             return 2
         budget = Budget(**{**asdict(budget), "steps": args.steps})
     if args.threads < 1:
-        print(f"--threads must be >= 1, got {args.threads}", file=sys.stderr)
+        print(f"sparo-dino quickstart: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    try:
+        check_writable_folder(args.out, "--out")
+    except ConfigError as e:
+        print(f"sparo-dino quickstart: error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
     if args.fresh and (out / "runs").exists():
@@ -212,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)  # for this job only: a caller in the same process gets its own back
     try:
         report = run(budget, out, WorldCfg())
+    except (SparoClipError, RuntimeError, OSError) as e:  # a step failed: it said why above; say which
+        print(f"sparo-dino quickstart: error: {one_line(e)}", file=sys.stderr)
+        return 1
     finally:
         torch.set_num_threads(threads)
     table = report_table(report["results"])

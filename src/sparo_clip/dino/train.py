@@ -4,8 +4,15 @@ Our own loop on torch's DistributedDataParallel (the launch OpenCLIP's training 
 multi-crop views (lightly's ``DINOTransform``), a student and an EMA teacher (``update_momentum``), lightly's
 ``DINOLoss`` and ``DINOProjectionHead``; DINO's reference schedules (lr warm-up + cosine, weight decay
 0.04 -> 0.4, teacher momentum 0.996 -> 1, teacher temperature warm-up, last layer frozen for the first
-epoch), gradient clipping, bf16 autocast, atomic checkpoints, resume from the newest readable one,
-tqdm progress and JSON-lines logs.
+epoch), gradient clipping, bf16 autocast, atomic checkpoints, resume from the readable one with the highest
+recorded step, tqdm progress and JSON-lines logs.
+
+Failures: options, model, data, ``--output`` and ``--resume`` are checked before any work
+(:func:`~sparo_clip.dino.options.check_args`, exit code 2); during the run, unreadable images and shards are
+skipped with a warning naming them and counted (``skipped_images`` in log.jsonl; ``--strict`` stops instead),
+and a non-finite loss, unusable data or a checkpoint that cannot be written end it with one line (exit code 1).
+A run that fails before its first step takes back what it wrote; temporary files of interrupted checkpoint
+writes are removed when the run starts.
 """
 
 from __future__ import annotations
@@ -26,7 +33,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from sparo_clip.checkpoints.files import atomic_save, newest_readable
+from sparo_clip.checkpoints.files import (
+    atomic_save,
+    load_checkpoint_file,
+    newest_state,
+    remove_orphan_temporaries,
+)
 from sparo_clip.dino.config import DinoCfg
 from sparo_clip.dino.data import (
     DataError,
@@ -34,24 +46,52 @@ from sparo_clip.dino.data import (
     MultiCropShards,
     StepSampler,
     check_shards,
+    collate_views,
     folder_images,
 )
 from sparo_clip.dino.lightly_api import require_lightly
 from sparo_clip.dino.model import DinoNet
-from sparo_clip.dino.options import build_parser, check_args, run_config
+from sparo_clip.dino.options import build_parser, check_args, checkpoint_paths, newest_checkpoint, run_config
+from sparo_clip.errors import CheckpointError, NonFiniteLossError, SparoClipError, WriteError, one_line
+from sparo_clip.inputs import FolderSnapshot
 
 logger = logging.getLogger("sparo_clip.dino.train")
 
 
-def checkpoint_paths(output: str | Path) -> list[Path]:
-    """The run's step checkpoints, newest first."""
-    return sorted((Path(output) / "checkpoints").glob("step_*.pt"), reverse=True)
+__all__ = ["checkpoint_paths", "latest_checkpoint", "main", "train"]
 
 
 def latest_checkpoint(output: str | Path) -> Path | None:
-    """The newest readable checkpoint of a run folder, or None."""
-    path, _, _ = newest_readable(checkpoint_paths(output))
+    """The readable checkpoint of a run folder with the highest recorded step, or None."""
+    path, _, _ = newest_checkpoint(output)
     return path
+
+
+def _resume_state(args: Any, out: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint to resume from: ``--resume FILE``, or with ``auto`` the readable one with the highest
+    recorded step (never the newest by name), skipping files that fail to load whole."""
+    if args.resume == "none":
+        return None, None
+    candidates = [Path(args.resume)] if args.resume != "auto" else None
+    tried: set[Path] = set()
+    while True:
+        if candidates is None:
+            paths = [p for p in checkpoint_paths(out) if p not in tried]
+            path, _, skipped = newest_state(paths, "step")
+            for p, why in skipped:
+                logger.warning("skipping checkpoint %s: %s", p, why)
+                tried.add(p)
+        else:
+            path = candidates[0]
+        if path is None:
+            return None, None
+        try:
+            return path, load_checkpoint_file(path, map_location="cpu")
+        except CheckpointError as e:
+            if candidates is not None:
+                raise
+            logger.warning("skipping checkpoint %s: %s", path, e)
+            tried.add(path)
 
 
 class Schedules:
@@ -122,7 +162,7 @@ def _loader(args: Any, cfg: DinoCfg, rank: int, start_step: int, total: int) -> 
         spe, kw = max(1, args.train_num_samples // args.global_batch), {}
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, num_workers=args.workers, drop_last=True,
-        persistent_workers=False, pin_memory=args.device.startswith("cuda"), **kw,
+        persistent_workers=False, pin_memory=args.device.startswith("cuda"), collate_fn=collate_views, **kw,
     )  # fmt: skip
     return loader, spe
 
@@ -133,7 +173,62 @@ def steps_per_epoch(args: Any) -> int:
     return max(1, args.train_num_samples // args.global_batch)
 
 
-def train(args: Any, cfg: DinoCfg) -> dict[str, Any]:
+class _Skips:
+    """Unreadable images and shards met by this process: warned about by name and counted (or, --strict, fatal)."""
+
+    def __init__(self, strict: bool) -> None:
+        self.strict, self.count = strict, 0
+
+    def note(self, reasons: list[str]) -> None:
+        for reason in reasons:
+            if self.strict:
+                raise DataError(f"{reason} (--strict; without it unreadable images are skipped)")
+            logger.warning("skipping: %s", reason)
+            self.count += 1
+
+
+MAX_EMPTY_BATCHES = 50  # batches in a row without a readable image before a shard stream gives up
+
+
+def _next_views(data_iter: Any, skips: _Skips, step: int, endless: bool) -> list[torch.Tensor]:
+    """The next batch of views with at least one readable image (a batch may lose its unreadable ones)."""
+    empty = 0
+    while True:
+        try:
+            views, reasons = next(data_iter)
+        except StopIteration:
+            raise DataError(f"the data ran out at step {step} (images were skipped as unreadable)") from None
+        skips.note(reasons)
+        if views is not None:
+            return views
+        empty += 1
+        if not endless:
+            raise DataError(
+                f"every image of the batch for step {step} is unreadable (e.g. {reasons[0]}): check the data"
+            )
+        if empty >= MAX_EMPTY_BATCHES:
+            raise DataError(
+                f"{empty} batches in a row for step {step} held no readable image (e.g. {reasons[0]}): check "
+                "the data"
+            )
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+class Progress:
+    """Steps trained by a run in this process (0 when it failed before its first step)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+
+def train(args: Any, cfg: DinoCfg, progress: Progress | None = None) -> dict[str, Any]:
     """Run (or resume) the training described by checked ``args``; returns a summary."""
     lightly = require_lightly()
     world, rank, local = args.world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -162,86 +257,94 @@ def train(args: Any, cfg: DinoCfg) -> dict[str, Any]:
     meta = run_config(args, cfg)
 
     start = 0
-    if args.resume != "none":
-        candidates = checkpoint_paths(out) if args.resume == "auto" else [Path(args.resume)]
-        path, ckpt, skipped = newest_readable(candidates, map_location="cpu")
-        for p, why in skipped:
-            logger.warning("skipping checkpoint %s: %s", p, why)
-        if ckpt is not None:
-            if ckpt.get("dino_cfg") != meta["dino_cfg"]:
-                raise ValueError(
-                    f"--resume: {path} was trained with another model config; use another --output"
-                )
-            student.load_state_dict(ckpt["student"])
-            teacher.load_state_dict(ckpt["teacher"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            criterion.center.copy_(ckpt["center"])
-            start = int(ckpt["step"])
-            logger.info("resumed from %s at step %d", path, start)
-        elif args.resume != "auto":
-            raise ValueError(f"--resume {args.resume}: not readable ({skipped[0][1] if skipped else '?'})")
+    path, ckpt = _resume_state(args, out)
+    if ckpt is not None:
+        if ckpt.get("dino_cfg") != meta["dino_cfg"]:
+            raise CheckpointError(
+                f"--resume: {path} was trained with another model config; use another --output"
+            )
+        student.load_state_dict(ckpt["student"])
+        teacher.load_state_dict(ckpt["teacher"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        criterion.center.copy_(ckpt["center"])
+        start = int(ckpt["step"])
+        logger.info("resumed from %s at step %d", path, start)
     model = DistributedDataParallel(student) if world > 1 else student
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        for orphan in remove_orphan_temporaries(out / "checkpoints"):
+            logger.warning("removed %s, the temporary file of an interrupted checkpoint write", orphan)
+        _write_text(out / "config.json", json.dumps(meta, indent=2) + "\n")
     loader, _ = _loader(args, cfg, rank, start, total)
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16)
         if args.precision == "amp_bf16"
         else contextlib.nullcontext()
     )
-    log = (out / "log.jsonl").open("a") if rank == 0 else None
+    try:
+        log = (out / "log.jsonl").open("a") if rank == 0 else None
+    except OSError as e:
+        raise WriteError(f"cannot write {out / 'log.jsonl'}: {e.strerror or e}") from e
     bar = tqdm(total=total, initial=start, desc="dino", unit="step", disable=rank != 0)
     step, last_loss, t0 = start, float("nan"), time.perf_counter()
+    skips, skipped_all = _Skips(args.strict), 0
     data_iter = iter(loader)
-    while step < total:
-        views = [v.to(device, non_blocking=True) for v in next(data_iter)]
-        epoch = step // spe
-        lr, wd, m, tt = sched.lr(step), sched.wd(step), sched.momentum(step), sched.teacher_temp(epoch)
-        for i, group in enumerate(optimizer.param_groups):
-            group["lr"] = lr
-            if i == 0:
-                group["weight_decay"] = wd
-        with autocast:
+    try:
+        while step < total:
+            views = _next_views(data_iter, skips, step, endless=args.dataset_type != "folder")
+            views = [v.to(device, non_blocking=True) for v in views]
+            epoch = step // spe
+            lr, wd, m, tt = sched.lr(step), sched.wd(step), sched.momentum(step), sched.teacher_temp(epoch)
+            for i, group in enumerate(optimizer.param_groups):
+                group["lr"] = lr
+                if i == 0:
+                    group["weight_decay"] = wd
+            with autocast:
+                with torch.no_grad():
+                    t_out = teacher(views[:2])
+                s_out = model(views)
+            loss = criterion([t.float() for t in t_out], [s.float() for s in s_out], teacher_temp=tt)
+            if not math.isfinite(loss.item()):
+                raise NonFiniteLossError(
+                    f"the training loss is {loss.item()} at step {step}: stopped before saving non-finite weights "
+                    "(lower --lr or use --precision fp32)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), args.clip_grad or float("inf"))
+            student.head.cancel_last_layer_gradients(epoch)
+            optimizer.step()
             with torch.no_grad():
-                t_out = teacher(views[:2])
-            s_out = model(views)
-        loss = criterion([t.float() for t in t_out], [s.float() for s in s_out], teacher_temp=tt)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at step {step}: stopping (lower --lr or use fp32)"
+                lightly.update_momentum(student, teacher, m)
+            reduced = torch.stack(
+                [loss.detach().float(), torch.tensor(float(skips.count), device=loss.device)]
             )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), args.clip_grad or float("inf"))
-        student.head.cancel_last_layer_gradients(epoch)
-        optimizer.step()
-        with torch.no_grad():
-            lightly.update_momentum(student, teacher, m)
-        reduced = loss.detach().clone()
-        if world > 1:
-            dist.all_reduce(reduced)
-            reduced /= world
-        step, last_loss = step + 1, reduced.item()
-        bar.update()
-        bar.set_postfix(loss=f"{last_loss:.4f}")
-        if log is not None and (step % args.log_every == 0 or step == total):
-            row = {"step": step, "epoch": epoch, "loss": last_loss, "lr": lr, "wd": wd, "momentum": m,
-                   "teacher_temp": tt, "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0}  # fmt: skip
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-        if rank == 0 and (step % args.save_every == 0 or step == total):
-            ckpt = {**meta, "step": step, "student": student.state_dict(), "teacher": teacher.state_dict(),
-                    "optimizer": optimizer.state_dict(), "center": criterion.center.detach().cpu()}  # fmt: skip
-            atomic_save(ckpt, out / "checkpoints" / f"step_{step:08d}.pt")
-            for old in checkpoint_paths(out)[args.keep :]:
-                old.unlink(missing_ok=True)
-    bar.close()
-    if log is not None:
-        log.close()
+            if world > 1:  # the mean loss, and the images skipped by every process
+                dist.all_reduce(reduced)
+                reduced[0] /= world
+            step, last_loss, skipped_all = step + 1, reduced[0].item(), int(reduced[1].item())
+            if progress is not None:
+                progress.steps += 1
+            bar.update()
+            bar.set_postfix(loss=f"{last_loss:.4f}")
+            if log is not None and (step % args.log_every == 0 or step == total):
+                row = {"step": step, "epoch": epoch, "loss": last_loss, "lr": lr, "wd": wd, "momentum": m,
+                       "teacher_temp": tt, "grad_norm": float(grad_norm), "skipped_images": skipped_all,
+                       "seconds": time.perf_counter() - t0}  # fmt: skip
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+            if rank == 0 and (step % args.save_every == 0 or step == total):
+                ckpt = {**meta, "step": step, "student": student.state_dict(), "teacher": teacher.state_dict(),
+                        "optimizer": optimizer.state_dict(), "center": criterion.center.detach().cpu()}  # fmt: skip
+                atomic_save(ckpt, out / "checkpoints" / f"step_{step:08d}.pt")
+                for old in checkpoint_paths(out)[args.keep :]:
+                    old.unlink(missing_ok=True)
+    finally:  # the progress line ends before any error line
+        bar.close()
+        if log is not None:
+            log.close()
     if world > 1:
         dist.barrier()
-    return {"steps": step, "loss": last_loss, "output": str(out)}
+    return {"steps": step, "loss": last_loss, "skipped_images": skipped_all, "output": str(out)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,19 +361,26 @@ def main(argv: list[str] | None = None) -> int:
             if steps < 1:
                 raise DataError(f"--train-data is smaller than one global batch ({args.global_batch})")
     except (ValueError, ImportError) as e:
-        print(f"sparo-dino train: error: {e}", file=sys.stderr)
+        print(f"sparo-dino train: error: {one_line(e)}", file=sys.stderr)
         return 2
     if args.dry_run:
         print(json.dumps(run_config(args, cfg), indent=2))
         return 0
+    snapshot = FolderSnapshot(args.output, restore=("config.json",)) if rank == 0 else None
     if world > 1:
         backend = "nccl" if args.device.startswith("cuda") else "gloo"
         dist.init_process_group(backend, timeout=timedelta(minutes=30))
+    summary, progress = None, Progress()
     try:
-        summary = train(args, cfg)
+        summary = train(args, cfg, progress)
+    except SparoClipError as e:
+        print(f"sparo-dino train: error: {one_line(e)}", file=sys.stderr)
+        return 1
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+        if summary is None and snapshot is not None and progress.steps == 0:
+            snapshot.take_back()  # failed before its first step: nothing of this run is worth keeping
     if rank == 0:
         print(json.dumps(summary))
     return 0

@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Check the data, load the model, encode, and score with the selected slots."""
+    inputs.check_finite_numbers(args)
     if args.task in PROBE_HELP:
         return run_probe(args)
     module = TASKS[args.task]
@@ -85,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     except SparoClipError as e:
         print(f"sparo-clip eval {args.task}: error: {one_line(e)}", file=sys.stderr)
         return 2
-    write_results(result, args.output)
+    try:
+        write_results(result, args.output)
+    except SparoClipError as e:
+        print(f"sparo-clip eval {args.task}: error: {one_line(e)}", file=sys.stderr)
+        return 1
     return 0
 
 

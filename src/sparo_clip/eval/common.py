@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from sparo_clip import inputs
 from sparo_clip.checkpoints import loading
-from sparo_clip.errors import ConfigError, DataError, SparoClipError
+from sparo_clip.errors import ConfigError, DataError, SparoClipError, WriteError
 from sparo_clip.models.readout import select_slots
 from sparo_clip.models.sparo import SparoCLIP
 
@@ -62,6 +62,11 @@ def common_parser(with_slots: bool = True) -> argparse.ArgumentParser:
         action="store_true",
         help="stop with an error at the first unreadable image instead of skipping it with a warning",
     )
+    g.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="load weights holding NaN or inf (refused by default: they evaluate at chance), for debugging",
+    )
     return p
 
 
@@ -79,6 +84,7 @@ class ModelSpec:
         batch_size: images or texts per forward pass.
         workers: data loader worker processes.
         strict: stop at the first unreadable image instead of skipping it with a warning.
+        allow_nonfinite: load weights holding NaN or inf with a warning instead of refusing them.
     """
 
     model: str
@@ -89,6 +95,7 @@ class ModelSpec:
     batch_size: int = 64
     workers: int = 0
     strict: bool = False
+    allow_nonfinite: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ModelSpec:
@@ -130,6 +137,38 @@ class EncodedImages:
     slots: torch.Tensor
     kept: list[int]
     skipped: list[str] = field(default_factory=list)
+
+
+def encode_image_dataset(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    dataset: Dataset,
+    desc: str,
+    batch_size: int = 64,
+    workers: int = 0,
+    strict: bool = False,
+) -> EncodedImages:
+    """Encode a map-style dataset of ``(image, index)`` in order with ``encode`` (images -> slots), skipping
+    the unreadable images.
+
+    The dataset yields ``(reason, index)`` for a file it cannot read (:class:`~.folders.ImageList` does): it is
+    skipped with a warning naming it, or, with ``strict``, stops the run with that reason.
+    """
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, shuffle=False, collate_fn=_collate
+    )
+    chunks, kept, skipped = [], [], []
+    for images, index, failures in tqdm(loader, desc=desc, unit="batch"):
+        for reason in failures:
+            if strict:
+                raise DataError(f"{reason} (--strict; without it unreadable images are skipped)")
+            logger.warning("skipping unreadable image: %s", reason)
+            skipped.append(reason)
+        if images is not None:
+            chunks.append(encode(images))
+            kept += index
+    if not chunks:
+        raise DataError(f"{desc}: no readable images to encode ({len(skipped)} skipped)")
+    return EncodedImages(torch.cat(chunks), kept, skipped)
 
 
 def _collate(batch: list[tuple[Any, int]]) -> tuple[torch.Tensor | None, list[int], list[str]]:
@@ -204,22 +243,9 @@ class EvalContext:
         The dataset yields ``(reason, index)`` for a file it cannot read (:class:`~.folders.ImageList`
         does): it is skipped with a warning naming it, or, with ``strict``, stops the run with that reason.
         """
-        loader = DataLoader(
-            dataset, batch_size=self.batch_size, num_workers=self.workers, shuffle=False, collate_fn=_collate
+        return encode_image_dataset(
+            self.image_slots, dataset, desc, self.batch_size, self.workers, self.strict
         )
-        chunks, kept, skipped = [], [], []
-        for images, index, failures in tqdm(loader, desc=desc, unit="batch"):
-            for reason in failures:
-                if self.strict:
-                    raise DataError(f"{reason} (--strict; without it unreadable images are skipped)")
-                logger.warning("skipping unreadable image: %s", reason)
-                skipped.append(reason)
-            if images is not None:
-                chunks.append(self.image_slots(images))
-                kept += index
-        if not chunks:
-            raise DataError(f"{desc}: no readable images to encode ({len(skipped)} skipped)")
-        return EncodedImages(torch.cat(chunks), kept, skipped)
 
     def encode_dataset(self, dataset: Dataset, desc: str) -> torch.Tensor:
         """Encode every image of a map-style dataset of ``(image, index)`` in order: (N, L, V).
@@ -255,6 +281,7 @@ def load_context(spec: ModelSpec) -> EvalContext:
             precision=spec.precision,
             device=spec.device,
             override_config=spec.override_config(),
+            allow_nonfinite=spec.allow_nonfinite,
         )
     except (RuntimeError, FileNotFoundError) as e:
         if isinstance(e, SparoClipError):
@@ -282,8 +309,11 @@ def write_results(result: dict[str, Any], output: str | None, omit_from_stdout: 
     print(json.dumps({k: v for k, v in result.items() if k not in omit_from_stdout}, indent=2))
     if output:
         path = Path(output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text + "\n")
+        except OSError as e:  # checked before the work; a disk can still fill up since
+            raise WriteError(f"cannot write {path}: {e.strerror or e} (the results are printed above)") from e
         logger.info("results written to %s", path)
 
 

@@ -2,7 +2,10 @@
 cached on disk.
 
 Features are kept as slots (N, L, V) so that ``--slots`` selects among them after caching; a model without
-slots is one slot holding its normalised feature.
+slots is one slot holding its normalised feature. Unreadable images are skipped with a warning naming them
+(``--strict`` stops instead), as in every evaluation: the features come with the indices of the images kept.
+The cache is keyed by the encoder, its weights file and every image's path, size and modification time, so an
+image replaced in place is encoded again.
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from sparo_clip.checkpoints.files import atomic_save, load_checkpoint_file
-from sparo_clip.errors import CheckpointError, DataError
+from sparo_clip.errors import CheckpointError, DataError, WriteError
+from sparo_clip.eval.common import EncodedImages, encode_image_dataset
 from sparo_clip.eval.encoders import ImageEncoder
 from sparo_clip.eval.folders import ImageList, scan_class_folders
 
@@ -55,14 +58,41 @@ def folder_pair(train: str | Path, val: str | Path) -> FolderPair:
     return pair
 
 
+def _stamp(path: Path) -> list:
+    """What tells a file's content apart cheaply: its path, size and modification time (ns)."""
+    try:
+        st = os.stat(path)
+        return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+    except OSError:
+        return [str(Path(path).resolve()), None, None]
+
+
 def _cache_key(encoder: ImageEncoder, paths: list[Path]) -> str:
-    stamp = None
-    if encoder.weights and os.path.exists(encoder.weights):
-        st = os.stat(encoder.weights)
-        stamp = [os.path.abspath(encoder.weights), st.st_size, st.st_mtime_ns]
-    files = hashlib.sha256("\n".join(str(p.resolve()) for p in paths).encode()).hexdigest()
-    blob = json.dumps([encoder.identity, stamp, files, len(paths)])
+    weights = _stamp(Path(encoder.weights)) if encoder.weights and os.path.exists(encoder.weights) else None
+    files = hashlib.sha256()
+    for p in paths:
+        files.update(json.dumps(_stamp(p)).encode() + b"\n")
+    blob = json.dumps([encoder.identity, weights, files.hexdigest(), len(paths)])
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _cached(cache: Path, n: int, strict: bool) -> EncodedImages | None:
+    """The features a cache file holds for ``n`` images, or None (missing, unreadable, of another layout)."""
+    try:
+        data = load_checkpoint_file(cache)
+    except CheckpointError as e:
+        logger.warning("ignoring unreadable feature cache: %s", e)
+        return None
+    if not isinstance(data, dict) or not {"slots", "kept", "skipped"} <= set(data):
+        return None
+    slots, kept, skipped = data["slots"], [int(i) for i in data["kept"]], list(data["skipped"])
+    if not isinstance(slots, torch.Tensor) or slots.shape[0] != len(kept) or len(kept) + len(skipped) != n:
+        return None
+    if skipped and strict:
+        raise DataError(f"{skipped[0]} (--strict; without it unreadable images are skipped)")
+    for reason in skipped:
+        logger.warning("skipping unreadable image: %s", reason)
+    return EncodedImages(slots, kept, skipped)
 
 
 def encode_paths(
@@ -72,29 +102,30 @@ def encode_paths(
     batch_size: int = 64,
     workers: int = 0,
     cache_dir: str | os.PathLike[str] | None = None,
-) -> torch.Tensor:
-    """Slots (N, L, V) of the images, read from / written to ``cache_dir`` when it is set."""
+    strict: bool = False,
+) -> EncodedImages:
+    """Slots (N', L, V) of the readable images and their indices, read from / written to ``cache_dir``.
+
+    Raises:
+        DataError: no image can be read, or (``strict``) one cannot.
+    """
     cache = None
     if cache_dir:
         cache = Path(cache_dir) / f"{desc}-{_cache_key(encoder, paths)}.pt"
-        if cache.is_file():
-            try:
-                slots = load_checkpoint_file(cache)
-                if isinstance(slots, torch.Tensor) and slots.shape[0] == len(paths):
-                    logger.info("%s: %d cached features from %s", desc, len(paths), cache)
-                    return slots
-            except CheckpointError as e:
-                logger.warning("ignoring unreadable feature cache: %s", e)
-    loader = torch.utils.data.DataLoader(
-        ImageList(paths, encoder.transform), batch_size=batch_size, num_workers=workers
+        found = _cached(cache, len(paths), strict) if cache.is_file() else None
+        if found is not None:
+            logger.info("%s: %d cached features from %s", desc, len(found.kept), cache)
+            return found
+    encoded = encode_image_dataset(
+        encoder.encode, ImageList(paths, encoder.transform), desc, batch_size, workers, strict
     )
-    chunks = [encoder.encode(images) for images, _ in tqdm(loader, desc=desc, unit="batch")]
-    if not chunks:
-        raise DataError(f"{desc}: no images to encode")
-    slots = torch.cat(chunks)
     if cache is not None:
-        atomic_save(slots, cache)
-    return slots
+        data = {"slots": encoded.slots, "kept": torch.tensor(encoded.kept), "skipped": encoded.skipped}
+        try:
+            atomic_save(data, cache)
+        except WriteError as e:  # the cache only saves time: the evaluation goes on without it
+            logger.warning("feature cache not written: %s", e)
+    return encoded
 
 
 def add_probe_args(p: argparse.ArgumentParser) -> None:
@@ -106,5 +137,6 @@ def add_probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache-dir",
         default=os.path.join(os.path.expanduser("~"), ".cache", "sparo_clip", "features"),
-        help="feature cache folder ('' disables; keyed by model, weights file, precision and image list)",
+        help="feature cache folder ('' disables; keyed by model, weights file, precision and every image's "
+        "path, size and modification time)",
     )

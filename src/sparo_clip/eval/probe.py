@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 from typing import Any
 
 import torch
 
 from sparo_clip import inputs
 from sparo_clip.errors import ConfigError
-from sparo_clip.eval.common import ModelSpec, features
+from sparo_clip.eval.common import ModelSpec, features, skipped_report
 from sparo_clip.eval.encoders import load_image_encoder
 from sparo_clip.eval.image_features import add_probe_args, encode_paths, folder_pair
 from sparo_clip.eval.knn import DEFAULT_KS, DEFAULT_T, accuracy, knn_scores, per_class_accuracy
@@ -21,6 +23,7 @@ HELP = {
     "knn": "weighted kNN on frozen image features (DINO's protocol) over an ImageFolder train/val pair",
     "linear": "linear probe (logistic regression) on frozen image features over an ImageFolder train/val pair",
 }
+logger = logging.getLogger(__name__)
 MODEL_HELP = (
     " --model also takes PREFIX:FILE for the image encoders other packages register (dino:CKPT: the teacher"
     " encoder of a DINO / SPARO-DINO checkpoint)."
@@ -32,8 +35,8 @@ def _floats(value: str, what: str, cast: type = float) -> tuple:
         items = tuple(cast(v) for v in value.split(",") if v.strip())
     except ValueError as e:
         raise ConfigError(f"{what} {value!r}: expected a comma-separated list of numbers") from e
-    if not items or any(v <= 0 for v in items):
-        raise ConfigError(f"{what} {value!r}: expected positive numbers")
+    if not items or any(not v > 0 or not math.isfinite(v) for v in items):
+        raise ConfigError(f"{what} {value!r}: expected positive finite numbers")
     return items
 
 
@@ -75,14 +78,23 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError(f"--max-iter must be >= 1, got {args.max_iter}")
     inputs.check_output_file(args.output)
     pair = folder_pair(args.train, args.val)  # layout errors before the model is loaded
+    if args.task == "knn" and any(k > len(pair.train_paths) for k in ks):
+        logger.warning(
+            "--k %s: more neighbours than the %d training images in --train; those votes count all of them "
+            "(k is clipped to the training set)",
+            ",".join(str(k) for k in ks if k > len(pair.train_paths)), len(pair.train_paths),
+        )  # fmt: skip
     spec = ModelSpec.from_args(args)
     encoder = load_image_encoder(spec)
     slots = parse_slots(args.slots, encoder.num_slots, encoder.is_sparo)
     mask = slot_mask(slots, encoder.num_slots)
     run = {"batch_size": spec.batch_size, "workers": spec.workers, "cache_dir": args.cache_dir}
-    train = features(encode_paths(encoder, pair.train_paths, "train", **run), mask)
-    val = features(encode_paths(encoder, pair.val_paths, "val", **run), mask)
-    y_train, y_val = torch.tensor(pair.train_labels), torch.tensor(pair.val_labels)
+    run["strict"] = spec.strict
+    enc_train = encode_paths(encoder, pair.train_paths, "train", **run)
+    enc_val = encode_paths(encoder, pair.val_paths, "val", **run)
+    train, val = features(enc_train.slots, mask), features(enc_val.slots, mask)
+    y_train = torch.tensor([pair.train_labels[i] for i in enc_train.kept])
+    y_val = torch.tensor([pair.val_labels[i] for i in enc_val.kept])
     num_classes = len(pair.classnames)
     header = {
         "task": args.task,
@@ -92,6 +104,7 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
         "num_slots": encoder.num_slots if encoder.is_sparo else None,
         "slots": slots,
         "data": {"train": args.train, "val": args.val, "num_train": len(y_train), "num_val": len(y_val)},
+        "skipped_images": skipped_report(enc_train.skipped + enc_val.skipped),
     }
     if args.task == "knn":
         metrics = {

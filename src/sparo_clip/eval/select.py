@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _split(args: argparse.Namespace) -> tuple[EvalContext, tuple[Any, Any], dict[str, Any], ModelSpec]:
     """Check the data, load the model, encode, and return the validation and test caches."""
     module = TASKS[args.task]
+    inputs.check_finite_numbers(args)
+    if args.test_split is None and not 0.0 < args.val_fraction < 1.0:
+        raise ConfigError(f"--val-fraction {args.val_fraction}: must lie strictly between 0 and 1")
     spec = ModelSpec.from_args(args).resolved()  # options and --output before the data is scanned
     inputs.check_output_file(args.output)
     if args.task == "zeroshot" and len(module.data_specs(args)) != 1:
@@ -140,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     except SparoClipError as e:
         print(f"sparo-clip select-slots {args.task}: error: {one_line(e)}", file=sys.stderr)
         return 2
-    write_results(result, args.output, omit_from_stdout=("trace",))
+    try:
+        write_results(result, args.output, omit_from_stdout=("trace",))
+    except SparoClipError as e:
+        print(f"sparo-clip select-slots {args.task}: error: {one_line(e)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,11 +1,14 @@
 """Checks of a training command before any work starts: each failure is one :class:`ConfigError` line.
 
-Nothing here writes to the run folder, so a refused command leaves nothing behind that blocks a rerun.
+Nothing here writes to the run folder, so a refused command leaves nothing behind that blocks a rerun, and
+whatever can refuse a run refuses here, before open_clip_train writes ``params.txt`` or the run writes
+``model_config.json`` (a resumed run's recorded model and newest checkpoint are checked here too).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -13,10 +16,12 @@ from typing import Any
 
 import torch
 
-from sparo_clip.checkpoints.files import load_checkpoint_file
+from sparo_clip.checkpoints.files import load_checkpoint_file, recorded_progress
+from sparo_clip.checkpoints.loading import check_finite_weights
 from sparo_clip.errors import CheckpointError, ConfigError
-from sparo_clip.inputs import expand_urls, is_local
-from sparo_clip.training.shards import listed_size, member_names, probe_shard
+from sparo_clip.inputs import check_finite_numbers, expand_urls, is_local
+from sparo_clip.training.run import newest_run_checkpoint, run_checkpoints
+from sparo_clip.training.shards import SHARD_IMAGE_EXTS, listed_size, member_names, probe_shard
 
 
 def _shown(items: list[str], limit: int = 3) -> str:
@@ -24,7 +29,9 @@ def _shown(items: list[str], limit: int = 3) -> str:
 
 
 def check_numbers(args: argparse.Namespace) -> None:
-    """Counts that must be positive (open_clip_train would divide by them, or loop on nothing)."""
+    """Numbers that must be finite (``--lr nan`` would train NaN), counts that must be positive
+    (open_clip_train would divide by them, or loop on nothing)."""
+    check_finite_numbers(args)
     for flag, minimum in (("batch_size", 1), ("epochs", 1), ("accum_freq", 1), ("workers", 0)):
         value = getattr(args, flag, None)
         if value is not None and value < minimum:
@@ -100,10 +107,12 @@ def check_logs(args: argparse.Namespace) -> None:
     except OSError as e:
         raise ConfigError(f"--logs-dir {args.logs}: cannot write in {existing} ({e.strerror or e})") from e
     first_rank = os.environ.get("RANK", "0") == "0"  # other ranks may start after rank 0 created the run
-    if first_rank and args.name and (logs / args.name / "out.log").exists() and args.resume != "latest":
+    run = logs / args.name if args.name else None
+    taken = run is not None and ((run / "out.log").exists() or bool(run_checkpoints(run / "checkpoints")))
+    if first_rank and taken and args.resume != "latest":
         raise ConfigError(
-            f"--name {args.name}: a run of that name already exists in {logs / args.name}; pick another "
-            "--name, or pass --resume latest to continue it"
+            f"--name {args.name}: a run of that name already exists in {run} (its checkpoints would be "
+            "overwritten); pick another --name, or pass --resume latest to continue it"
         )
 
 
@@ -169,13 +178,22 @@ def _check_csv(args: argparse.Namespace, path: str, flag: str, is_train: bool, w
 
     sep = args.csv_separator
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        header = next(csv.reader(f, delimiter=sep), [])
-        rows = sum(1 for line in f if line.strip())
-    missing = [k for k in (args.csv_img_key, args.csv_caption_key) if k not in header]
-    if missing:
+        reader = csv.reader(f, delimiter=sep)
+        header = next(reader, [])
+        missing = [k for k in (args.csv_img_key, args.csv_caption_key) if k not in header]
+        if missing:
+            raise ConfigError(
+                f"--{flag}: {path} has no column(s) {missing} (separator {sep!r}; columns: {header[:6]}); "
+                "set --csv-img-key / --csv-caption-key / --csv-separator"
+            )
+        column = header.index(args.csv_img_key)
+        images = [row[column] if len(row) > column else "" for row in reader if any(c.strip() for c in row)]
+    rows = len(images)
+    absent = [p for p in images if not os.path.isfile(p)]  # relative paths: from the current folder, as read
+    if absent:
         raise ConfigError(
-            f"--{flag}: {path} has no column(s) {missing} (separator {sep!r}; columns: {header[:6]}); "
-            "set --csv-img-key / --csv-caption-key / --csv-separator"
+            f"--{flag}: {len(absent)} of the {rows} image paths in {path} (column {args.csv_img_key!r}) are "
+            f"not files: {_shown(absent)}; relative paths are read from the current folder ({os.getcwd()})"
         )
     if is_train and rows < args.batch_size * world_size:
         raise ConfigError(
@@ -213,7 +231,8 @@ def _check_workers(
 
 
 def _check_shard_has_captions(paths: list[str], flag: str) -> None:
-    """open_clip_train's loader waits forever on shards without ``.txt``: check one readable shard."""
+    """open_clip_train's loader waits forever on shards without ``.txt``, and trains on nothing without images:
+    check one readable shard for both."""
     for path in paths[:4]:
         names = member_names(path)
         if names is None:
@@ -222,6 +241,12 @@ def _check_shard_has_captions(paths: list[str], flag: str) -> None:
             raise ConfigError(
                 f"--{flag}: shard {path} has no '.txt' captions (found e.g. {names[:4]}); "
                 "open_clip_train's webdataset loader needs '<key>.txt' next to each image"
+            )
+        if names and not any(n.rsplit(".", 1)[-1].lower() in SHARD_IMAGE_EXTS for n in names):
+            found = sorted({"." + n.rsplit(".", 1)[-1] for n in names if "." in n})
+            raise ConfigError(
+                f"--{flag}: shard {path} has no images ({', '.join('.' + e for e in SHARD_IMAGE_EXTS)}); "
+                f"members found: {', '.join(found[:8])}"
             )
         return
 
@@ -235,13 +260,63 @@ def check_resume(args: argparse.Namespace, model: torch.nn.Module) -> None:
         ckpt = load_checkpoint_file(path, mmap=True)
     except CheckpointError as e:
         raise ConfigError(f"--resume: {e}") from e
+    _check_fits(ckpt, path, model, args.model, "--resume")
+
+
+def check_resume_latest(
+    args: argparse.Namespace, model: torch.nn.Module, override: dict[str, Any] | None
+) -> Path | None:
+    """``--resume latest``: the run folder must hold a run of this model, and its newest good checkpoint (by
+    recorded epoch, :func:`.run.newest_run_checkpoint`) must fit it. Returns that checkpoint (None: none yet)."""
+    if args.resume != "latest" or not args.logs or str(args.logs).lower() == "none" or not args.name:
+        return None
+    if getattr(args, "remote_sync", None):
+        return None  # the checkpoints are remote: open_clip_train finds them
+    run = Path(args.logs) / args.name
+    recorded = run / "model_config.json"
+    if recorded.is_file():
+        try:
+            before = json.loads(recorded.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--resume latest: {recorded} cannot be read ({e})") from e
+        before = before if isinstance(before, dict) else {}
+        then = (before.get("model", args.model), before.get("override_model_config"))
+        now = (args.model, json.loads(json.dumps(override)) if override else None)
+        if then != now:
+            said = f"--model {then[0]}" + (
+                f" --override-model-config '{json.dumps(then[1])}'" if then[1] else ""
+            )
+            asked = f"--model {now[0]}" + (
+                f" --override-model-config '{json.dumps(now[1])}'" if now[1] else ""
+            )
+            raise ConfigError(
+                f"--resume latest: the run in {run} was trained as {said} (its model_config.json), not as "
+                f"{asked}; resume it with its own model, or pick another --name"
+            )
+    path, epoch, skipped = newest_run_checkpoint(run / "checkpoints")
+    if path is None and skipped:
+        raise ConfigError(
+            f"--resume latest: no readable checkpoint in {run / 'checkpoints'} ({len(skipped)} unreadable); "
+            f"move them away to start afresh (first: {skipped[0][1]})"
+        )
+    if path is None:
+        return None
+    ckpt = load_checkpoint_file(path, mmap=True)
+    _check_fits(ckpt, path, model, args.model, f"--resume latest: the newest checkpoint (epoch {epoch})")
+    return path
+
+
+def _check_fits(ckpt: Any, path: Any, model: torch.nn.Module, model_name: str, what: str) -> None:
+    """A loaded checkpoint must be a training checkpoint or state dict of ``model``, with finite weights."""
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) and "epoch" in ckpt else ckpt
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ConfigError(
-            f"--resume: {path} is neither a training checkpoint (with 'epoch' and 'state_dict') nor a state dict"
+            f"{what}: {path} is neither a training checkpoint (with 'epoch' and 'state_dict') nor a state dict"
         )
     if isinstance(ckpt, dict) and "epoch" in ckpt and "optimizer" not in ckpt:
-        raise ConfigError(f"--resume: {path} has an 'epoch' but no 'optimizer' state to resume")
+        raise ConfigError(f"{what}: {path} has an 'epoch' but no 'optimizer' state to resume")
+    if recorded_progress(ckpt, "epoch") is None and isinstance(ckpt, dict) and "epoch" in ckpt:
+        raise ConfigError(f"{what}: {path} records epoch {ckpt['epoch']!r}, not a number")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -259,6 +334,9 @@ def check_resume(args: argparse.Namespace, model: torch.nn.Module) -> None:
             else ""
         )
         raise ConfigError(
-            f"--resume: {path} is not a checkpoint of --model {args.model}: "
-            + "; ".join(p for p in parts if p)
+            f"{what}: {path} is not a checkpoint of --model {model_name}: " + "; ".join(p for p in parts if p)
         )
+    try:
+        check_finite_weights(state, f"checkpoint {path}", hint="")
+    except CheckpointError as e:
+        raise ConfigError(f"{what}: {e}") from e

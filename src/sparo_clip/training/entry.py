@@ -10,13 +10,17 @@ Every ``open_clip_train`` flag is accepted and its own ``main`` runs the loop (t
   ``--resume`` still wins when it finds a checkpoint of this run.
 - ``--logs-dir DIR``: the same as open_clip_train's ``--logs DIR``, which ``torchrun`` itself cannot take
   (torchrun reads ``--logs`` as an ambiguous prefix of its ``--logs-specs``).
+- ``--no-memory-check``: train even when the weights, gradients and AdamW state alone exceed this machine's
+  memory (refused by default, with the numbers).
 
-Before anything is trained the model is built on the meta device (no memory) and the parameter budget, data,
-logs folder, precision and ``--resume`` file are checked (:mod:`sparo_clip.training.checks`), so a bad command fails at
-once with one clear line (exit code 2) and leaves nothing behind. The run itself is open_clip_train's loop,
-adapted for its duration only through :func:`sparo_clip.integration.open_clip_train_run` (:mod:`sparo_clip.training.run`
-says what changes); a failure during the run (unusable data, a non-finite loss, no readable checkpoint to
-resume) ends it with one clear line and exit code 1.
+Before anything is trained the model is built on the meta device (no memory) and the numbers (finite), the
+parameter budget and memory, data, logs folder, precision and ``--resume`` file (or, for ``--resume latest``,
+the run's newest good checkpoint and recorded model) are checked (:mod:`sparo_clip.training.checks`), so a bad
+command fails at once with one clear line (exit code 2) and leaves nothing behind. The run itself is
+open_clip_train's loop, adapted for its duration only through :func:`sparo_clip.integration.open_clip_train_run`
+(:mod:`sparo_clip.training.run` says what changes); a failure during the run (unusable data, a non-finite loss,
+no readable checkpoint to resume, a checkpoint that cannot be written) ends it with one clear line and exit
+code 1, and a run that fails before its first step takes back what it wrote (:class:`.train_run.RunFolder`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,11 @@ from typing import Any
 import torch
 
 from sparo_clip import integration
-from sparo_clip.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, one_line
+from sparo_clip.errors import (
+    ConfigError,
+    SparoClipError,
+    one_line,
+)
 from sparo_clip.inputs import parse_override
 from sparo_clip.models.builder import (
     check_schema_pretrained,
@@ -42,7 +50,7 @@ from sparo_clip.models.builder import (
     refuse_jit,
     resolve_model_config,
 )
-from sparo_clip.models.param_count import count_parameters, meta_model
+from sparo_clip.models.param_count import check_training_memory, count_parameters, meta_model
 from sparo_clip.training import checks as train_checks
 from sparo_clip.training import run as train_run
 from sparo_clip.training.run import ImageNetV2Folder
@@ -71,6 +79,11 @@ def _our_parser() -> argparse.ArgumentParser:
         "--init-from",
         default=None,
         help="start from the matching tensors of this checkpoint (e.g. a plain OpenCLIP model's); see sparo_clip.checkpoints.transfer",
+    )
+    p.add_argument(
+        "--no-memory-check",
+        action="store_true",
+        help="train even when weights, gradients and optimiser state alone exceed this machine's memory",
     )
     return p
 
@@ -120,7 +133,9 @@ class _Run:
         run_args = self.state.args
         if run_args is None or model_name != run_args.model:  # e.g. a distillation teacher
             return create_model_and_transforms(model_name, *args, **kwargs)
+        train_run.resume_latest(self.state)  # open_clip_train has chosen by name; it loads after this call
         if run_args.rank == 0:  # the run folder exists by now
+            train_run.clean_run_start(self.state)
             _write_model_config(run_args, self.override)
         out = create_model_and_transforms(model_name, *args, override_config=self.override, **kwargs)
         if getattr(run_args, "init_from", None):  # before --resume, which open_clip_train applies later
@@ -145,13 +160,14 @@ class _Run:
             parse_args=self.parse_args,
             create_model_and_transforms=self.create_model_and_transforms,
             get_tokenizer=self.get_tokenizer,
-            create_loss=train_run.make_loss(),
+            create_loss=train_run.make_loss(self.state),
             pt_load=pt_load,
             get_latest_checkpoint=latest,
             save=train_run.save,
             tarfile_to_samples=train_run.make_tarfile_to_samples(self.state),
             shuffle=train_run.make_shuffle(self.state),
             imagenet_v2_dataset=ImageNetV2Folder,
+            csv_dataset=train_run.make_csv_dataset(self.state),
             cpu_safe_ddp=None if torch.cuda.is_available() else train_run.CpuSafeDDP,
         )
 
@@ -194,6 +210,9 @@ def prepare(argv: list[str]) -> tuple[list[str], dict[str, Any] | None, argparse
         raise ConfigError(
             f"--max-params: {args.model} has {n_params:,} parameters, more than the budget of {ours.max_params:,}"
         )
+    if not ours.no_memory_check:
+        on_gpu = torch.cuda.is_available() and str(getattr(args, "device", "cuda")).startswith("cuda")
+        check_training_memory(model, args.device if on_gpu else "cpu", where)
     if args.torchscript:
         try:
             refuse_jit(args.model, override, True)
@@ -214,6 +233,7 @@ def prepare(argv: list[str]) -> tuple[list[str], dict[str, Any] | None, argparse
     train_checks.check_logs(args)
     check_data(args)
     train_checks.check_resume(args, model)
+    train_checks.check_resume_latest(args, model, override)
     _logger.info("model %s: %s parameters", args.model, f"{n_params:,}")
     return rest, override, args
 
@@ -229,22 +249,30 @@ def main(argv: list[str] | None = None) -> int:
         oc_main.parse_args(["--help"])  # prints and exits
     try:
         ours = _our_parser().parse_known_args(argv)[0]
-        rest, override, _ = prepare(argv)
-    except ConfigError as e:
-        print(f"sparo-clip train: error: {e}", file=sys.stderr)
+        rest, override, parsed = prepare(argv)
+    except SparoClipError as e:
+        print(f"sparo-clip train: error: {one_line(e)}", file=sys.stderr)
         return 2
     extra = {
         "override_model_config": json.dumps(override) if override else None,
         "max_params": ours.max_params,
         "init_from": ours.init_from,
+        "no_memory_check": ours.no_memory_check,
     }
     run = _Run(override, extra)
+    first_rank = os.environ.get("RANK", "0") == "0"
+    folder = train_run.RunFolder(parsed.logs, parsed.name) if first_rank else None
+    rc = 1
     try:
         with integration.open_clip_train_run(run.adapters()):
-            return int(oc_main.main(rest) or 0)
-    except (DataError, NonFiniteLossError, CheckpointError) as e:
+            rc = int(oc_main.main(rest) or 0)
+        return rc
+    except SparoClipError as e:
         print(f"sparo-clip train: error: {one_line(e)}", file=sys.stderr)
         return 1
+    finally:
+        if rc != 0 and run.state.steps == 0 and folder is not None:  # failed before its first step
+            folder.take_back(run.state.arg("name"))
 
 
 if __name__ == "__main__":

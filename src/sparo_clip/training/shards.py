@@ -23,7 +23,7 @@ from sparo_clip.errors import DataError
 from sparo_clip.inputs import is_local
 
 _logger = logging.getLogger("sparo_clip.training.shards")
-_IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+SHARD_IMAGE_EXTS = _IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")  # what open_clip_train decodes
 _END_OF_ARCHIVE = 512  # a tar ends with zero blocks (two by POSIX; at least one accepted)
 
 
@@ -42,6 +42,12 @@ class ShardReport:
     error: str | None = None  # why the rest of the shard was skipped
     expected: int | None = None  # samples listed for it in sizes.json
     notes: list[str] = field(default_factory=list)
+    members: set[str] = field(default_factory=set)  # member extensions met (".png", ".txt", ...)
+
+    def found(self) -> str:
+        """What a shard without usable samples held (its member extensions), for the message."""
+        kinds = ", ".join(sorted(self.members)[:8]) or "no members"
+        return f"no usable samples (an image {', '.join('.' + e for e in _IMAGE_EXTS)} with a .txt caption); found {kinds}"
 
     def warning(self) -> str | None:
         """The one-line warning for this shard, or None when it was read whole and clean."""
@@ -55,7 +61,10 @@ class ShardReport:
         if self.blank:
             parts.append(f"skipped {self.blank} sample(s) with a blank caption")
         if self.incomplete:
-            parts.append(f"skipped {self.incomplete} sample(s) without both an image and a caption")
+            parts.append(
+                f"skipped {self.incomplete} sample(s) without both an image and a caption (members found: "
+                f"{', '.join(sorted(self.members)[:8])})"
+            )
         return f"shard {self.url}: " + "; ".join(parts) if parts else None
 
 
@@ -153,6 +162,7 @@ def _samples_of(url: str, report: ShardReport) -> Iterator[dict[str, Any]]:
             if current is None:
                 current = {"__key__": key, "__url__": url}
             current[ext] = data
+            report.members.add("." + ext if ext else "(no extension)")
     except (CorruptShardError, OSError, tarfile.TarError):
         if current is not None and _complete(current):  # the last whole sample before the damage
             yield from _checked(current, report)
@@ -216,7 +226,7 @@ def shard_samples(
         if len(barren) == rules.max_barren_run and not any(r.samples for r in barren):
             raise DataError(
                 f"{len(barren)} shards in a row gave {rules.where()} no usable sample (e.g. {barren[-1].url}: "
-                f"{barren[-1].error or 'no usable samples'}): the resampled data is unreadable"
+                f"{barren[-1].error or barren[-1].found()}): the resampled data is unreadable"
             )
     total = sum(r.samples for r in reports)
     if not reports:
@@ -226,7 +236,7 @@ def shard_samples(
         )
     if total == 0:
         readable = [r for r in reports if r.error is None]
-        shown = "; ".join(f"{r.url} ({r.error or 'no usable samples'})" for r in reports[:4])
+        shown = "; ".join(f"{r.url} ({r.error or r.found()})" for r in reports[:4])
         more = f" (+{len(reports) - 4} more)" if len(reports) > 4 else ""
         raise DataError(
             f"{len(readable)} of {len(reports)} shards readable in {rules.where()}: {shown}{more}"

@@ -23,7 +23,14 @@ from tqdm.auto import tqdm
 
 from sparo_clip.checkpoints.loading import load_model
 from sparo_clip.errors import UnreadableImage
-from sparo_clip.inputs import check_device, check_output_folder, parse_override, parse_slots, read_image
+from sparo_clip.inputs import (
+    check_device,
+    check_finite_numbers,
+    check_output_folder,
+    parse_override,
+    parse_slots,
+    read_image,
+)
 from sparo_clip.viz.figures import render_pair, render_slot_gallery
 from sparo_clip.viz.samples import SlotReadout, compute_readout
 
@@ -96,10 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="stop with an error at the first unreadable image instead of skipping it (and its caption)",
     )
+    p.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="load weights holding NaN or inf (refused by default), for debugging",
+    )
     return p
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    check_finite_numbers(args)
     for name in ("top_k", "gallery_size", "batch_size", "dpi"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -150,7 +163,10 @@ def load_readout(args: argparse.Namespace) -> SlotReadout:
     captions = read_captions(args.captions, len(files))
     check_output_folder(args.out)
     model, preprocess, tokenizer = load_model(
-        args.model, args.pretrained, override_config=parse_override(args.override)
+        args.model,
+        args.pretrained,
+        override_config=parse_override(args.override),
+        allow_nonfinite=args.allow_nonfinite,
     )
     sparo_cfg = getattr(model, "sparo_cfg", None)
     if slots is not None and sparo_cfg is not None:
@@ -212,14 +228,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"sparo-clip viz: error: {e}", file=sys.stderr)
         return 2
-    written = write_pictures(readout, args)
-    skipped = args.skipped_images
-    summary = readout.summary(args.top_k) | {
-        "files": written,
-        "skipped_images": {"count": len(skipped), "files": skipped[:20]},
-    }
     out = Path(args.out)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    try:
+        out.mkdir(parents=True, exist_ok=True)  # checked before; created only now that there is work
+        written = write_pictures(readout, args)
+        skipped = args.skipped_images
+        summary = readout.summary(args.top_k) | {
+            "files": written,
+            "skipped_images": {"count": len(skipped), "files": skipped[:20]},
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    except OSError as e:  # checked before the work; a disk can still fill up since
+        print(f"sparo-clip viz: error: cannot write into {out}: {e.strerror or e}", file=sys.stderr)
+        return 1
     logger.info("wrote %d pair pictures and %d slot galleries to %s", len(written["pairs"]),
                 len(written["slots"]), out)  # fmt: skip
     return 0
