@@ -3,7 +3,7 @@
 ``python -m benchmarks.study [--epochs E] [--short-epochs S] [--seeds N] [--write-recipe] [--write-docs]``
 
 1. **Tuning** (on a world of its own, seed ``--tune-seed``, never one the comparison uses), at the final budget
-   of ``--epochs``: each model's learning rate from a grid, extended by a factor 3 past an edge that wins (so the
+   of ``--epochs``: each model's learning rate from a grid, extended by a factor 2 past an edge that wins (so the
    grid brackets the optimum); then the SPARO slot shape (L x V at equal L * V) at SPARO's learning rate. The
    score is the final validation R@1 (the validation pairs show only training compositions); the test sets
    are never read.
@@ -40,7 +40,7 @@ from sparo_clip.experiment.stats import plateau
 
 _logger = logging.getLogger("benchmarks.study")
 ROOT = Path(__file__).resolve().parents[1]
-LRS = (3e-4, 1e-3, 3e-3)
+LRS = (1e-3, 2e-3, 4e-3)
 SLOT_SHAPES = ((4, 64), (8, 32), (16, 16))  # L x V; L * V = 256, the CLIP twin's embedding width
 MAX_EXTENSIONS = 2
 
@@ -91,9 +91,9 @@ def tune(args: argparse.Namespace, base: recipe_mod.Recipe) -> dict[str, Any]:
             best = max(scores, key=lambda lr: (scores[lr], -lr))
             ordered = sorted(scores)
             if best == ordered[0]:
-                grid = [best / 3]
+                grid = [best / 2]
             elif best == ordered[-1]:
-                grid = [best * 3]
+                grid = [best * 2]
             else:
                 break
         chosen[label] = best

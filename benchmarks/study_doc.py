@@ -131,7 +131,7 @@ def write_study_doc(state: dict[str, Any], path: Path) -> None:
             f"tiny-{m}: " + ", ".join(f"{lr} → {_f(v)}" for lr, v in tuning["lr_scores"][m].items())
             for m in tuning["lr_scores"]
         )  # fmt: skip
-        + f" (chosen: {', '.join(f'tiny-{m} {lr:g}' for m, lr in tuning['lr'].items())}; a grid is extended by 3x "
+        + f" (chosen: {', '.join(f'tiny-{m} {lr:g}' for m, lr in tuning['lr'].items())}; a grid is extended by 2x "
         "past a winning edge, so the choice is bracketed); SPARO slot shapes "
         + ", ".join(f"{k} → {_f(v)}" for k, v in tuning["slot_scores"].items())
         + f" (chosen: {tuning['slot_shape']}).",

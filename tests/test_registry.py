@@ -49,7 +49,7 @@ def test_parameter_parity(name):
 def test_tokenizer_for_sparo_configs():
     tok = open_clip.get_tokenizer("ViT-B-32-SPARO")
     assert tok(["a photo"]).shape == (1, 77)
-    assert open_clip.get_tokenizer("tiny-SPARO")(["a photo"]).shape == (1, 32)
+    assert open_clip.get_tokenizer("tiny-SPARO")(["a photo"]).shape == (1, 16)  # tiny-SPARO.json: context 16
 
 
 def test_hook_installed_idempotent_and_dispatches():

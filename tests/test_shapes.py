@@ -237,16 +237,27 @@ def test_second_run_reuses_and_other_settings_regenerate(tmp_path, caplog):
     assert not (tmp_path / "train" / "train-000003.tar").exists()
 
 
-def test_captions_fit_the_tiny_context(world_dir):
-    out, manifest = world_dir
+def test_captions_of_the_main_jobs_world_fit_the_tiny_context(tmp_path):
+    """Every caption the main job's world makes (training, matching sets, templates) fits tiny-CLIP's context
+    with its start and end tokens: nothing is cut off."""
+    from sparo_clip.data.captions import ZEROSHOT_TEMPLATES, caption
+    from sparo_clip.experiment.recipe import WORLD
+
+    world = WorldCfg(**WORLD)
     tokenizer = open_clip.get_tokenizer("tiny-CLIP")
-    texts = [s["txt"].decode() for s in wds.WebDataset(manifest["train"]["pattern"], shardshuffle=False)]
-    for task in TASKS:
-        for item in json.loads((out / "sugarcrepe" / f"{task}.json").read_text()).values():
-            texts += [item["caption"], item["negative_caption"]]
-    tokens = tokenizer(texts)
-    # the end-of-text token is the largest id: when it sits before the last position, nothing was cut off
-    assert (tokens.argmax(-1) < tokenizer.context_length - 1).all()
+    texts = []
+    for i in range(2000):
+        rng = random.Random(f"fit/{i}")
+        texts.append(caption(sample_scene(rng, world, rng.randint(1, 3), "any"), rng, world))
+    manifest = generate(tmp_path, world, SMALL)
+    for name in ("sugarcrepe", "binding"):
+        for f in (tmp_path / name).glob("*.json"):
+            for item in json.loads(f.read_text()).values():
+                texts += [item["caption"], item["negative_caption"]]
+    texts += [t.replace("{c}", "yellow triangle") for t in ZEROSHOT_TEMPLATES]
+    longest = max(len(tokenizer.encode(x)) for x in texts)
+    assert longest + 2 <= tokenizer.context_length, longest
+    assert manifest["settings"]["world"]["relational_share"] == 0.0
 
 
 @pytest.mark.parametrize("mode", ["seen", "unseen"])

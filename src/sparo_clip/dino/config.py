@@ -18,6 +18,7 @@ from sparo_clip.models.config import SparoCfg, parse_cfg
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 READOUTS = ("cls", "sparo")
+HEAD_INPUTS = ("unit", "sqrt_dim", "layernorm")
 
 
 def _positive_int(owner: str, name: str, value: object) -> None:
@@ -53,6 +54,10 @@ class DinoCfg:
         head: the projection head.
         global_crop_size: side of the two global crops (and of the evaluation images).
         local_crop_size: side of the local crops.
+        head_input: how the flattened slots enter the projection head (``readout == 'sparo'``): ``unit`` as the
+            read-out gives them (unit norm), ``sqrt_dim`` scaled by sqrt(L * V) (the norm a LayerNorm'd class
+            token has, about sqrt(D)), ``layernorm`` through a LayerNorm over the L * V units. The evaluation
+            features are the slots themselves in every case.
     """
 
     backbone: str = "vit_small_patch16_224"
@@ -62,6 +67,7 @@ class DinoCfg:
     head: HeadCfg = field(default_factory=HeadCfg)
     global_crop_size: int = 224
     local_crop_size: int = 96
+    head_input: str = "unit"
 
     def __post_init__(self) -> None:
         if not isinstance(self.backbone, str) or not self.backbone:
@@ -75,6 +81,12 @@ class DinoCfg:
         elif self.sparo_cfg is not None:
             raise ValueError(
                 "dino sparo_cfg is given but readout='cls': drop sparo_cfg or set readout='sparo'"
+            )
+        if self.head_input not in HEAD_INPUTS:
+            raise ValueError(f"dino head_input={self.head_input!r} is not valid: allowed {list(HEAD_INPUTS)}")
+        if self.head_input != "unit" and self.readout != "sparo":
+            raise ValueError(
+                "dino head_input rescales SPARO slots: it needs readout='sparo' (or head_input='unit')"
             )
         if isinstance(self.head, dict):
             self.head = parse_cfg(HeadCfg, self.head, "head")
@@ -92,11 +104,15 @@ class DinoCfg:
         out = dataclasses.asdict(self)
         if self.sparo_cfg is None:
             out.pop("sparo_cfg")
+        if self.head_input == "unit":  # the 0.1.0 layout, which checkpoints record (they keep loading)
+            out.pop("head_input")
         return out
 
     def cls_twin(self) -> DinoCfg:
         """The same backbone and head with DINO's class-token read-out and every block kept."""
-        return dataclasses.replace(self, readout="cls", sparo_cfg=None, head=dataclasses.replace(self.head))
+        return dataclasses.replace(
+            self, readout="cls", sparo_cfg=None, head=dataclasses.replace(self.head), head_input="unit"
+        )
 
 
 def list_configs() -> list[str]:

@@ -36,7 +36,7 @@ IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 MAX_BARREN_SHARDS = 50  # shards in a row without a usable image before a shard stream gives up
 
 
-def _seed(*parts: object) -> int:
+def hash_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:4], "little")
 
 
@@ -90,7 +90,7 @@ class MultiCropFolder(Dataset):
             img = read_image(self.paths[index])
         except UnreadableImage as e:
             return str(e)
-        return seeded_call(self.transform, img, _seed(self.seed, epoch, index))
+        return seeded_call(self.transform, img, hash_seed(self.seed, epoch, index))
 
 
 class StepSampler(Sampler):
@@ -123,7 +123,7 @@ class StepSampler(Sampler):
         for step in range(self.start, self.total):
             epoch, pos = divmod(step, self.steps_per_epoch)
             if epoch != perm_epoch:
-                g = torch.Generator().manual_seed(_seed(self.seed, "perm", epoch))
+                g = torch.Generator().manual_seed(hash_seed(self.seed, "perm", epoch))
                 perm, perm_epoch = torch.randperm(self.n, generator=g), epoch
             batch = perm[pos * self.gb : (pos + 1) * self.gb]
             for i in batch[self.rank * local : (self.rank + 1) * local].tolist():
@@ -217,7 +217,7 @@ class MultiCropShards(IterableDataset):
 
         info = torch.utils.data.get_worker_info()
         worker = 0 if info is None else info.id
-        stream_seed = _seed(self.seed, "stream", self.rank, worker, self.start)
+        stream_seed = hash_seed(self.seed, "stream", self.rank, worker, self.start)
         rng = random.Random(stream_seed)
         problems = _ShardProblems()
         shards = wds.ResampledShards(self.urls, worker_seed=lambda: stream_seed, deterministic=True)
@@ -236,5 +236,5 @@ class MultiCropShards(IterableDataset):
             except UnreadableImage as e:
                 yield str(e)
                 continue
-            yield seeded_call(self.transform, img, _seed(stream_seed, count))
+            yield seeded_call(self.transform, img, hash_seed(stream_seed, count))
             count += 1

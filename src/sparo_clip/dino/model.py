@@ -119,13 +119,27 @@ def _projection_head(lightly: Any, input_dim: int, cfg: DinoCfg, freeze_last_lay
 
 
 class DinoNet(nn.Module):
-    """Encoder + DINO projection head; multi-crop views of one size are run as one batch."""
+    """Encoder + DINO projection head; multi-crop views of one size are run as one batch.
+
+    ``cfg.head_input`` sets how SPARO slots enter the head (unit norm as they are, scaled by sqrt(L * V), or
+    through a LayerNorm): the slots enter with unit norm while a LayerNorm'd class token has a norm of about
+    sqrt(D), so the head's first layer would otherwise start with much smaller pre-activations.
+    """
 
     def __init__(self, cfg: DinoCfg, freeze_last_layer: int = 1) -> None:
         super().__init__()
         lightly = require_lightly()
         self.encoder = DinoEncoder(cfg)
-        self.head = _projection_head(lightly, self.encoder.feature_dim, cfg, freeze_last_layer)
+        dim = self.encoder.feature_dim
+        self.head_norm = nn.LayerNorm(dim) if cfg.head_input == "layernorm" else None
+        self.head_scale = dim**0.5 if cfg.head_input == "sqrt_dim" else 1.0
+        self.head = _projection_head(lightly, dim, cfg, freeze_last_layer)
+
+    def head_input(self, features: torch.Tensor) -> torch.Tensor:
+        """What the head reads from the encoder's output (B, F)."""
+        if self.head_norm is not None:
+            return self.head_norm(features)
+        return features * self.head_scale if self.head_scale != 1.0 else features
 
     def forward(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         """Head outputs (B, K) per view, in the order given."""
@@ -135,7 +149,7 @@ class DinoNet(nn.Module):
             sizes.setdefault(tuple(v.shape[1:]), []).append(i)
         for idx in sizes.values():
             batch = torch.cat([views[i] for i in idx])
-            result = self.head(self.encoder(batch)).chunk(len(idx))
+            result = self.head(self.head_input(self.encoder(batch))).chunk(len(idx))
             for i, r in zip(idx, result, strict=True):
                 out[i] = r
         return out  # type: ignore[return-value]

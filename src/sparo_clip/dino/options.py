@@ -11,7 +11,9 @@ Nothing is written before they all pass.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from sparo_clip.inputs import check_finite_numbers, check_writable_folder, load_
 from sparo_clip.models.param_count import ADAMW_BYTES_PER_PARAM, check_training_memory
 
 PRECISIONS = ("fp32", "amp_bf16")
+AUGMENTS = ("pil", "tensor")
 CHECKPOINT_KEYS = ("dino_cfg", "step", "student", "teacher", "optimizer", "center")
 
 
@@ -50,6 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--global-crop-scale", default="0.4,1.0", help="area range of the two global crops")
     g.add_argument("--local-crop-scale", default="0.05,0.4", help="area range of the local crops")
     g.add_argument("--workers", type=int, default=8, help="data loader workers per process")
+    g.add_argument("--augment", default="pil", choices=AUGMENTS,
+                   help="pil: DINO's per-image transforms (any data); tensor: an ImageFolder decoded once, every "
+                        "view of a batch cropped in one tensor operation (small images; fast on CPUs)")  # fmt: skip
+    g.add_argument(
+        "--color-jitter", type=float, default=0.8, help="probability of colour jitter per view (DINO 0.8)"
+    )
+    g.add_argument(
+        "--grayscale", type=float, default=0.2, help="probability of greyscale per view (DINO 0.2)"
+    )
+    g.add_argument("--solarize", type=float, default=0.2, help="probability of solarisation (DINO 0.2)")
+    g.add_argument("--no-blur", dest="blur", action="store_false", help="no Gaussian blur (DINO blurs)")
     o = p.add_argument_group("optimisation (DINO's reference recipe)")
     o.add_argument("--batch-size", type=int, default=64, help="images per process (global = x processes)")
     o.add_argument("--epochs", type=int, default=100)
@@ -141,6 +155,11 @@ def check_args(args: argparse.Namespace, world: int) -> DinoCfg:
             raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1], got {getattr(args, name)}")
     if min(args.min_lr, args.wd, args.wd_end, args.clip_grad, args.warmup_epochs) < 0:
         raise ValueError("--min-lr, --wd, --wd-end, --clip-grad and --warmup-epochs must be >= 0")
+    for name in ("color_jitter", "grayscale", "solarize"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise ValueError(
+                f"--{name.replace('_', '-')} must be a probability in [0, 1], got {getattr(args, name)}"
+            )
     if args.max_steps is not None and args.max_steps < 1:
         raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
     if args.train_num_samples is not None and args.train_num_samples < 1:
@@ -166,6 +185,11 @@ def check_args(args: argparse.Namespace, world: int) -> DinoCfg:
         raise ValueError("--train-num-samples is required with webdataset shards (it sets the epoch length)")
     if args.dataset_type == "folder" and not os.path.isdir(args.train_data):
         raise ValueError(f"--train-data {args.train_data}: no such directory (an ImageFolder root)")
+    if args.augment == "tensor" and (args.dataset_type != "folder" or args.blur):
+        raise ConfigError(
+            "--augment tensor decodes an ImageFolder once and has no blur: use it with folder data and --no-blur "
+            "(or --augment pil)"
+        )
     if args.resume not in ("auto", "none") and not Path(args.resume).is_file():
         raise ValueError(
             f"--resume {args.resume}: "
@@ -273,10 +297,66 @@ def check_output(args: argparse.Namespace, cfg: DinoCfg) -> None:
             check_checkpoint(path, cfg, "--resume auto: the newest checkpoint of --output")
 
 
-def run_config(args: argparse.Namespace, cfg: DinoCfg) -> dict[str, Any]:
+def run_config(args: argparse.Namespace | DinoRun, cfg: DinoCfg) -> dict[str, Any]:
     """What is saved next to the run and in every checkpoint (plain JSON types only)."""
-    keys = sorted(k for k in vars(args) if k not in ("dry_run",))
-    return {"dino_cfg": cfg.to_dict(), "args": {k: _plain(getattr(args, k)) for k in keys}}
+    values = dataclasses.asdict(args) if isinstance(args, DinoRun) else vars(args)
+    keys = sorted(k for k in values if k not in ("dry_run",))
+    return {"dino_cfg": cfg.to_dict(), "args": {k: _plain(values[k]) for k in keys}}
+
+
+@dataclass(frozen=True)
+class DinoRun:
+    """Every setting of one DINO training run, checked (:func:`check_args` + :meth:`from_args` build it)."""
+
+    model: str
+    model_overrides: str | None
+    train_data: str
+    dataset_type: str
+    train_num_samples: int | None
+    local_crops: int
+    global_crop_scale: str
+    local_crop_scale: str
+    global_crop_range: tuple[float, float]
+    local_crop_range: tuple[float, float]
+    workers: int
+    augment: str
+    color_jitter: float
+    grayscale: float
+    solarize: float
+    blur: bool
+    batch_size: int
+    epochs: int
+    lr: float
+    min_lr: float
+    warmup_epochs: float
+    wd: float
+    wd_end: float
+    clip_grad: float
+    freeze_last_layer: int
+    momentum_teacher: float
+    teacher_temp: float
+    warmup_teacher_temp: float
+    warmup_teacher_temp_epochs: int
+    student_temp: float
+    center_momentum: float
+    output: str
+    precision: str
+    device: str
+    seed: int
+    save_every: int
+    keep: int
+    resume: str
+    log_every: int
+    max_steps: int | None
+    strict: bool
+    no_memory_check: bool
+    world: int
+    global_batch: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DinoRun:
+        """The settings of a command line that :func:`check_args` accepted."""
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
 def _plain(value: Any) -> Any:

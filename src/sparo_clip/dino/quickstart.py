@@ -1,10 +1,17 @@
 """SPARO-DINO main job: ``python -m sparo_clip.dino.quickstart`` (``sparo-clip dino quickstart``).
 
-Trains tiny CLS-DINO and tiny SPARO-DINO twins (``tiny_dino`` / ``tiny_sparo_dino``, same steps, batch and
-recipe) on the shapes world's training images, then probes each teacher with kNN and a linear classifier
-on the colour-shape classes (single-object images), seen and held-out pairs apart, beside the same
-encoders at initialisation. Writes ``report.json``, ``report.md`` and a slot attention PNG of SPARO-DINO;
-``--write-docs`` puts the measured table into docs/dino.md. ``--small`` is a seconds-long smoke run.
+For each of ``--seeds`` seeds (default 3; every seed its own shapes world with its own held-out colour-shape
+pairs), trains the tiny CLS-DINO and SPARO-DINO twins (``tiny_dino`` / ``tiny_sparo_dino``: same backbone,
+recipe, steps and seed) side by side, one core each, with ``python -m sparo_clip.dino.train``; then probes each
+teacher with kNN (k = 20) and a linear classifier on the colour-shape classes (single-object images), seen and
+held-out pairs apart, beside the same encoders at initialisation. Writes ``report.json`` and ``report.md``:
+per twin mean ± sd over seeds, SPARO − CLS with a paired t interval over seeds, the untrained rows, the collapse
+diagnostics every run logged (:mod:`sparo_clip.dino.diagnostics`) and a slot attention picture. ``--write-docs``
+puts the measured table into docs/dino.md. ``--small`` is a seconds-long smoke run.
+
+The recipe (:class:`Budget`) is the tiny one docs/dino.md explains: colour kept (no colour jitter, greyscale or
+solarisation: the probe classes are colour-shape pairs), no blur, crops made on tensors, a teacher momentum that
+moves the teacher well away from its random start within the run.
 """
 
 from __future__ import annotations
@@ -14,73 +21,85 @@ import contextlib
 import io
 import json
 import logging
-import shutil
+import math
+import os
+import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sparo_clip.data.generate import SizeCfg, generate
+from sparo_clip.data.generate import generate
+from sparo_clip.data.sets import SizeCfg
 from sparo_clip.data.world import WorldCfg
-from sparo_clip.dino import train as dino_train
 from sparo_clip.dino.config import load_config
 from sparo_clip.dino.model import DinoNet, load_encoder
 from sparo_clip.dino.pictures import slot_attention_png
 from sparo_clip.dino.shapes import probe_sets
 from sparo_clip.errors import ConfigError, SparoClipError, one_line
 from sparo_clip.eval import cli as eval_cli
-from sparo_clip.inputs import check_writable_folder
+from sparo_clip.experiment.stats import t_interval
+from sparo_clip.inputs import check_finite_numbers, check_writable_folder
 
 ROOT = Path(__file__).resolve().parents[3]
 MODELS = {"CLS-DINO": "tiny_dino", "SPARO-DINO": "tiny_sparo_dino"}
 BEGIN, END = "<!-- dino-quickstart:begin -->", "<!-- dino-quickstart:end -->"
+PROBES = ("knn", "linear")
+GROUPS = ("all", "seen", "held_out")
 logger = logging.getLogger("sparo_clip.dino.quickstart")
 
 
 @dataclass(frozen=True)
 class Budget:
-    """How much the job does: world size, training steps and batch, probe images per class."""
+    """What the job does: world size, training steps and batch, the recipe, probe images per class."""
 
-    train_images: int = 4000
-    per_class: int = 40
-    steps: int = 200
-    epochs: int = 10
-    batch: int = 32
+    train_images: int = 4096
+    per_class: int = 20
+    epochs: int = 20
+    batch: int = 64
     local_crops: int = 4
-    lr: float = 4e-3
+    lr: float = 2e-3
+    warmup_epochs: float = 2.0
     momentum: float = 0.99
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    head_input: str = "unit"  # how SPARO-DINO's slots enter its head (docs/dino.md: measured)
     probe_args: tuple[str, ...] = ()
 
-
-SMALL = Budget(
-    64,
-    per_class=4,
-    steps=2,
-    epochs=1,
-    batch=8,
-    local_crops=2,
-    probe_args=("--wd", "1e-3", "--max-iter", "20"),
-)
+    @property
+    def steps(self) -> int:
+        return self.epochs * (self.train_images // self.batch)
 
 
-def train_args(budget: Budget, model: str, data: dict[str, Any], out: Path) -> list[str]:
-    """The recipe both twins get (DINO's, shortened: see docs/dino.md)."""
-    return [
-        "--model", model, "--train-data", data["pattern"], "--dataset-type", "webdataset",
-        "--train-num-samples", str(budget.steps // budget.epochs * budget.batch),
+SMALL = Budget(train_images=64, per_class=4, epochs=1, batch=8, local_crops=2,
+               probe_args=("--wd", "1e-3", "--max-iter", "20"))  # fmt: skip
+
+
+def train_args(budget: Budget, model: str, images: str, out: Path, seed: int) -> list[str]:
+    """The recipe both twins get (see docs/dino.md for each choice)."""
+    args = [
+        "--model", model, "--train-data", images, "--dataset-type", "folder", "--augment", "tensor", "--no-blur",
+        "--color-jitter", "0", "--grayscale", "0", "--solarize", "0",
         "--epochs", str(budget.epochs), "--batch-size", str(budget.batch), "--local-crops", str(budget.local_crops),
-        "--lr", str(budget.lr), "--warmup-epochs", "1", "--warmup-teacher-temp-epochs", "0",
-        "--momentum-teacher", str(budget.momentum), "--workers", "1", "--device", "cpu", "--precision", "fp32",
+        "--lr", str(budget.lr), "--warmup-epochs", str(budget.warmup_epochs),
+        "--momentum-teacher", str(budget.momentum), "--teacher-temp", str(budget.teacher_temp),
+        "--warmup-teacher-temp", str(budget.warmup_teacher_temp),
+        "--warmup-teacher-temp-epochs", str(budget.warmup_teacher_temp_epochs),
+        "--workers", "0", "--device", "cpu", "--precision", "fp32", "--seed", str(seed),
         "--save-every", str(budget.steps), "--log-every", "10", "--output", str(out), "--resume", "auto",
     ]  # fmt: skip
+    if model == MODELS["SPARO-DINO"] and budget.head_input != "unit":
+        args += ["--model-overrides", json.dumps({"head_input": budget.head_input})]
+    return args
 
 
-def init_checkpoint(model: str, path: Path, seed: int = 0) -> Path:
-    """The twins' initial teacher (what training starts from), saved like a training checkpoint."""
-    cfg = load_config(model)
+def init_checkpoint(model: str, path: Path, seed: int = 0, overrides: dict | None = None) -> Path:
+    """A twin's initial teacher (what training starts from), saved like a training checkpoint."""
+    cfg = load_config(model, overrides)
     torch.manual_seed(seed)
     net = DinoNet(cfg)
     torch.save({"dino_cfg": cfg.to_dict(), "teacher": net.state_dict(), "student": net.state_dict()}, path)
@@ -88,12 +107,13 @@ def init_checkpoint(model: str, path: Path, seed: int = 0) -> Path:
 
 
 def probe(ckpt: Path, probes: dict[str, Any], out: Path, linear_args: tuple[str, ...] = ()) -> dict[str, Any]:
-    """kNN (k=10, 20) and linear-probe accuracy over all, seen and held-out classes."""
+    """kNN (k = 20) and linear-probe accuracy over all, seen and held-out classes of the teacher."""
     result = {}
     common = ["--model", f"dino:{ckpt}", "--train", probes["train"], "--val", probes["val"], "--workers", "0",
-              "--device", "cpu", "--precision", "fp32", "--cache-dir", str(out / "features")]  # fmt: skip
-    for task, extra in (("knn", ["--k", "10,20"]), ("linear", list(linear_args))):
-        path = out / "probes" / f"{ckpt.parent.parent.name}-{ckpt.stem}-{task}.json"
+              "--device", "cpu", "--precision", "fp32", "--cache-dir", ""]  # fmt: skip
+    for task, extra in (("knn", ["--k", "20"]), ("linear", list(linear_args))):
+        path = out / f"{task}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.redirect_stdout(io.StringIO()):  # the JSON goes to the file, not the console
             rc = eval_cli.main([task, *common, *extra, "--output", str(path)])
         if rc != 0:
@@ -109,20 +129,211 @@ def probe(ckpt: Path, probes: dict[str, Any], out: Path, linear_args: tuple[str,
     return result
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
+def diagnostics(run: Path) -> dict[str, Any]:
+    """The collapse diagnostics a run logged: the last H(t|x), H(mean t), KL, log K, and any warning."""
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    with_stats = [r for r in rows if "h_target" in r]
+    last = with_stats[-1] if with_stats else {}
+    return {
+        "h_target": last.get("h_target"),
+        "h_mean": last.get("h_mean"),
+        "kl": last.get("kl"),
+        "log_k": last.get("log_k"),
+        "collapse_warnings": [r["collapse_warning"] for r in rows if "collapse_warning" in r],
+        "curve": [{k: r[k] for k in ("step", "loss", "h_target", "h_mean")} for r in with_stats],
+    }
 
 
-def report_table(results: dict[str, dict[str, Any]]) -> str:
+def train_twins(budget: Budget, images: str, out: Path, seed: int, parallel: bool) -> dict[str, Path]:
+    """Both twins of one seed, side by side (one core each) or one after the other; returns their runs."""
+    runs, procs = {}, {}
+    for name, model in MODELS.items():
+        run = out / "runs" / f"{name}-seed{seed}"
+        runs[name] = run
+        if (run / "done.json").is_file() and json.loads((run / "done.json").read_text()) == asdict(budget):
+            continue
+        cmd = [sys.executable, "-m", "sparo_clip.dino.train", *train_args(budget, model, images, run, seed)]
+        env = dict(os.environ, OMP_NUM_THREADS="1" if parallel else str(os.cpu_count() or 1))
+        logger.info("%s seed %d: training %d steps", name, seed, budget.steps)
+        procs[name] = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        if not parallel:
+            _finish(name, procs.pop(name), run, budget)
+    for name, proc in procs.items():
+        _finish(name, proc, runs[name], budget)
+    return runs
+
+
+def _finish(name: str, proc: subprocess.Popen, run: Path, budget: Budget) -> None:
+    _, err = proc.communicate()
+    if proc.returncode != 0:
+        last = [ln for ln in (err or "").splitlines() if ln.strip()][-1:] or ["no message"]
+        raise RuntimeError(f"training {name} failed ({last[0]}); see {run}")
+    (run / "done.json").write_text(json.dumps(asdict(budget)) + "\n")
+
+
+def run(budget: Budget, out: Path, seeds: int, world: WorldCfg, parallel: bool = True) -> dict[str, Any]:
+    """Every seed: world, twins trained, teachers and initial encoders probed; then the comparison."""
+    from sparo_clip.dino.train import latest_checkpoint
+
+    start = time.perf_counter()
+    # the DINO job reads the training images and the zero-shot folders; the other sets stay at their minimum
+    sizes = SizeCfg(train=budget.train_images, val=8, shards=4, zeroshot_per_class=2 * budget.per_class,
+                    sugarcrepe_per_task=4, test=2, sugarcrepe_val_per_task=4, binding_per_group=2)  # fmt: skip
+    per_seed: dict[int, dict[str, Any]] = {}
+    picture = None
+    for seed in range(seeds):
+        data_dir = out / "data" / f"world-{seed}"
+        generate(data_dir, replace(world, seed=seed), sizes)
+        probes = probe_sets(data_dir, out / "probe" / f"world-{seed}")
+        images = _training_folder(data_dir, out / "train_images" / f"world-{seed}")
+        runs = train_twins(budget, images, out, seed, parallel)
+        seed_out: dict[str, Any] = {"held_out": probes["held_out"], "twins": {}}
+        for name, model in MODELS.items():
+            trained = latest_checkpoint(runs[name])
+            overrides = (
+                {"head_input": budget.head_input}
+                if name == "SPARO-DINO" and budget.head_input != "unit"
+                else None
+            )
+            init = init_checkpoint(model, runs[name] / "init.pt", seed, overrides)
+            where = out / "probes" / f"seed{seed}" / name
+            seed_out["twins"][name] = {
+                "trained": probe(trained, probes, where / "trained", budget.probe_args),
+                "init": probe(init, probes, where / "init", budget.probe_args),
+                "diagnostics": diagnostics(runs[name]),
+            }
+            if name == "SPARO-DINO" and seed == 0:
+                picks = [
+                    sorted((Path(probes["val"]) / c).glob("*.png"))[0]
+                    for c in (probes["seen"][:2] + probes["held_out"][:2])
+                ]
+                titles = [
+                    p.parent.name.replace("_", " ")
+                    + (" (held-out)" if p.parent.name in probes["held_out"] else "")
+                    for p in picks
+                ]
+                picture = str(
+                    slot_attention_png(load_encoder(trained), picks, out / "slot_attention.png", titles)
+                )
+        per_seed[seed] = seed_out
+    return {
+        "budget": asdict(budget) | {"steps": budget.steps},
+        "world": world.to_dict(),
+        "seeds": per_seed,
+        "comparison": compare_twins(per_seed),
+        "picture": picture,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _training_folder(data_dir: Path, folder: Path) -> str:
+    """The world's training images as a one-class ImageFolder (DINO reads folders; labels are not used),
+    linked afresh every run so that a regenerated world is never read stale."""
+    import shutil
+
+    from sparo_clip.dino.shapes import _link
+
+    shutil.rmtree(folder, ignore_errors=True)
+    for png in sorted((data_dir / "train" / "images").glob("*.png")):
+        _link(png, folder / "all" / png.name)
+    return str(folder)
+
+
+def compare_twins(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Per probe and group: each twin's values over seeds (trained and untrained) and SPARO − CLS, paired by seed."""
+    out: dict[str, Any] = {}
+    for task in PROBES:
+        for group in GROUPS:
+            key = f"{task} {group}"
+            vals = {
+                (name, w): [per_seed[s]["twins"][name][w][task][group] for s in sorted(per_seed)]
+                for name in MODELS
+                for w in ("trained", "init")
+            }
+            diff = [
+                b - a
+                for a, b in zip(vals[("CLS-DINO", "trained")], vals[("SPARO-DINO", "trained")], strict=True)
+            ]
+            iv = t_interval(diff)
+            out[key] = {f"{n} {w}": v for (n, w), v in vals.items()} | {
+                "diff": {"mean": iv.mean, "low": iv.low, "high": iv.high, "n": iv.n}
+            }
+    return out
+
+
+def _pct(values: list[float | None]) -> str:
+    vals = [100 * v for v in values if v is not None]
+    if not vals:
+        return "-"
+    mean = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else math.nan
+    return f"{mean:.1f}" + ("" if math.isnan(sd) else f" ± {sd:.1f}")
+
+
+def report_table(report: dict[str, Any]) -> str:
+    """Top-1 % (mean ± sd over seeds) per twin, trained and untrained, and SPARO − CLS with its interval."""
+    comp = report["comparison"]
     lines = [
-        "| model | weights | kNN all | kNN seen | kNN held-out | linear all | linear seen | linear held-out |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | weights | "
+        + " | ".join(f"{t} {g.replace('_', '-')}" for t in PROBES for g in GROUPS)
+        + " |",
+        "|---|---|" + "---|" * (len(PROBES) * len(GROUPS)),
     ]
-    for name, by_weights in results.items():
-        for weights, r in by_weights.items():
-            cells = [_pct(r[t][g]) for t in ("knn", "linear") for g in ("all", "seen", "held_out")]
-            lines.append(f"| {name} | {weights} | " + " | ".join(cells) + " |")
+    for name in MODELS:
+        for w in ("trained", "init"):
+            cells = [_pct(comp[f"{t} {g}"][f"{name} {w}"]) for t in PROBES for g in GROUPS]
+            lines.append(
+                f"| {name} | {'trained' if w == 'trained' else 'untrained'} | " + " | ".join(cells) + " |"
+            )
+    cells = []
+    for t in PROBES:
+        for g in GROUPS:
+            d = comp[f"{t} {g}"]["diff"]
+            cells.append(
+                f"{100 * d['mean']:+.1f}"
+                + ("" if math.isnan(d["low"]) else f" [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]")
+            )
+    lines.append("| SPARO − CLS | paired t, 95% | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def diagnostics_table(report: dict[str, Any]) -> str:
+    """The last logged H(t|x), H(mean t) and KL of every run, with log K and any collapse warning."""
+    lines = [
+        "| run | H(t\\|x) | H(mean t) | log K | KL(t \\|\\| s) | collapse warning |",
+        "|---|---|---|---|---|---|",
+    ]
+    for seed, r in report["seeds"].items():
+        for name, twin in r["twins"].items():
+            d = twin["diagnostics"]
+            f = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+            warn = "; ".join(w.split(":")[0] for w in d["collapse_warnings"]) or "none"
+            lines.append(
+                f"| {name} seed {seed} | {f(d['h_target'])} | {f(d['h_mean'])} | {f(d['log_k'])} | {f(d['kl'])} | {warn} |"
+            )
+    return "\n".join(lines)
+
+
+def reading(report: dict[str, Any]) -> str:
+    """A plain sentence per probe on held-out and all classes: which twin is ahead, or no difference."""
+    parts = []
+    for key in ("knn all", "linear all", "knn held_out", "linear held_out"):
+        d = report["comparison"][key]["diff"]
+        label = key.replace("_", "-")
+        if math.isnan(d["low"]):
+            parts.append(f"{label}: SPARO − CLS = {100 * d['mean']:+.1f} points (one seed)")
+        elif d["low"] > 0 or d["high"] < 0:
+            ahead = "SPARO-DINO" if d["mean"] > 0 else "CLS-DINO"
+            parts.append(
+                f"{label}: {ahead} ahead by {abs(100 * d['mean']):.1f} points [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+            )
+        else:
+            parts.append(
+                f"{label}: no difference detected ({100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}])"
+            )
+    return "; ".join(parts) + "."
 
 
 def write_docs(block: str, doc: Path) -> None:
@@ -134,61 +345,19 @@ def write_docs(block: str, doc: Path) -> None:
     doc.write_text(f"{head}{BEGIN}\n{block}\n{END}{tail}")
 
 
-def run(budget: Budget, out: Path, world: WorldCfg) -> dict[str, Any]:
-    start = time.perf_counter()
-    # the DINO job reads the training images and the zero-shot folders; the other sets stay at their minimum
-    sizes = SizeCfg(train=budget.train_images, val=8, shards=4, zeroshot_per_class=2 * budget.per_class,
-                    sugarcrepe_per_task=4, test=2, sugarcrepe_val_per_task=4, binding_per_group=2)  # fmt: skip
-    manifest = generate(out / "data", world, sizes)
-    probes = probe_sets(out / "data", out / "probe")
-    data = {"pattern": manifest["train"]["pattern"]}
-    results: dict[str, dict[str, Any]] = {}
-    checkpoints = {}
-    for name, model in MODELS.items():
-        run_dir = out / "runs" / model
-        if dino_train.main(train_args(budget, model, data, run_dir)) != 0:
-            raise RuntimeError(f"training {model} failed")
-        trained = dino_train.latest_checkpoint(run_dir)
-        checkpoints[name] = trained
-        init = init_checkpoint(model, out / "runs" / f"{model}-init.pt")
-        results[name] = {
-            "init": probe(init, probes, out, budget.probe_args),
-            f"{budget.steps} steps": probe(trained, probes, out, budget.probe_args),
-        }
-    val = sorted(Path(probes["val"]).rglob("*.png"))
-    picks = [
-        sorted((Path(probes["val"]) / c).glob("*.png"))[0]
-        for c in (probes["seen"][:2] + probes["held_out"][:2])
-    ]
-    picture = slot_attention_png(load_encoder(checkpoints["SPARO-DINO"]), picks, out / "slot_attention.png",
-                                 [p.parent.name.replace("_", " ") + (" (held-out)" if p.parent.name in probes["held_out"] else "") for p in picks])  # fmt: skip
-    return {
-        "budget": asdict(budget),
-        "world": world.to_dict(),
-        "probe": {
-            "per_class_train": probes["per_class"],
-            "val_images": len(val),
-            "seen": probes["seen"],
-            "held_out": probes["held_out"],
-        },  # fmt: skip
-        "results": results,
-        "picture": str(picture),
-        "seconds": time.perf_counter() - start,
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m sparo_clip.dino.quickstart", description=__doc__.split("\n")[0]
     )
     p.add_argument("--out", default="runs/dino_quickstart", help="working folder (data, runs, report)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds, each its own world (default 3)")
     p.add_argument("--small", action="store_true", help="a seconds-long smoke run (tests)")
-    p.add_argument("--steps", type=int, default=None, help="training steps of each twin (default 200)")
-    p.add_argument("--fresh", action="store_true", help="delete earlier runs under --out first")
     p.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (1: steadiest on a shared machine)"
+        "--epochs", type=int, default=None, help="training epochs of each twin (default: the recipe's)"
     )
+    p.add_argument("--head-input", default=None, choices=("unit", "sqrt_dim", "layernorm"),
+                   help="how SPARO-DINO's slots enter its head (default: the recipe's)")  # fmt: skip
+    p.add_argument("--one-at-a-time", action="store_true", help="train the twins one after the other")
     p.add_argument("--write-docs", action="store_true", help="put the measured table into docs/dino.md")
     return p
 
@@ -197,52 +366,44 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     budget = SMALL if args.small else Budget()
-    if args.steps is not None:
-        if args.steps < budget.epochs or args.steps % budget.epochs:
-            print(
-                f"sparo-dino quickstart: error: --steps must be a positive multiple of {budget.epochs}, got "
-                f"{args.steps}",
-                file=sys.stderr,
-            )
-            return 2
-        budget = Budget(**{**asdict(budget), "steps": args.steps})
-    if args.threads < 1:
-        print(f"sparo-dino quickstart: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
-        return 2
     try:
+        check_finite_numbers(args)
+        for name in ("seeds", "epochs"):
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name} {value} is not valid: expected a positive integer")
         check_writable_folder(args.out, "--out")
     except ConfigError as e:
         print(f"sparo-dino quickstart: error: {e}", file=sys.stderr)
         return 2
+    if args.epochs is not None:
+        budget = replace(budget, epochs=args.epochs)
+    if args.head_input is not None:
+        budget = replace(budget, head_input=args.head_input)
     out = Path(args.out)
-    if args.fresh and (out / "runs").exists():
-        shutil.rmtree(out / "runs")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)  # for this job only: a caller in the same process gets its own back
     try:
-        report = run(budget, out, WorldCfg())
+        report = run(budget, out, args.seeds, WorldCfg(image_size=32), parallel=not args.one_at_a_time)
     except (SparoClipError, RuntimeError, OSError) as e:  # a step failed: it said why above; say which
         print(f"sparo-dino quickstart: error: {one_line(e)}", file=sys.stderr)
         return 1
-    finally:
-        torch.set_num_threads(threads)
-    table = report_table(report["results"])
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(table + "\n")
-    print(table)
+    table, diag = report_table(report), diagnostics_table(report)
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "report.md").write_text(f"{reading(report)}\n\n{table}\n\n{diag}\n")
+    print(f"{reading(report)}\n\n{table}\n\n{diag}")
     if args.write_docs:
         img = ROOT / "docs" / "img" / "dino" / "slot_attention.png"
         img.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(report["picture"], img)
+        if report["picture"]:
+            img.write_bytes(Path(report["picture"]).read_bytes())
         b = report["budget"]
         block = (
-            f"Measured by `python -m sparo_clip.dino.quickstart --write-docs` ({report['seconds'] / 60:.1f} min, "
-            f"{report['torch_threads']} CPU threads): {b['steps']} steps of batch {b['batch']} "
-            f"(2 global + {b['local_crops']} local crops) per twin on {b['train_images']} shapes-world images; "
-            f"probes on {report['probe']['per_class_train']} training images per colour-shape class, "
-            f"{report['probe']['val_images']} test images; held-out pairs: "
-            f"{', '.join(p.replace('_', ' ') for p in report['probe']['held_out'])}. Top-1 %, kNN k=20.\n\n"
-            f"{table}\n\n![SPARO-DINO slot attention](img/dino/slot_attention.png)"
+            f"Measured by `python -m sparo_clip.dino.quickstart --write-docs` ({report['seconds'] / 60:.1f} min on "
+            f"{os.cpu_count()} CPU cores, the twins side by side): {args.seeds} seeds, each its own world; per twin "
+            f"{b['steps']} steps of batch {b['batch']} (2 global + {b['local_crops']} local crops) on {b['train_images']} "
+            f"shapes-world images, SPARO-DINO's head input `{b['head_input']}`; probes on {b['per_class']} training "
+            "images per colour-shape class. Top-1 %, mean ± sd over seeds; the last row is SPARO − CLS, paired by "
+            f"seed, with its 95% t interval.\n\n{reading(report)}\n\n{table}\n\nCollapse diagnostics at the end of "
+            f"each run (log.jsonl):\n\n{diag}\n\n![SPARO-DINO slot attention](img/dino/slot_attention.png)"
         )
         write_docs(block, ROOT / "docs" / "dino.md")
     return 0

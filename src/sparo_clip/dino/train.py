@@ -1,11 +1,14 @@
 """DINO / SPARO-DINO training: ``python -m sparo_clip.dino.train`` (or ``torchrun ... -m sparo_clip.dino.train``).
 
 Our own loop on torch's DistributedDataParallel (the launch OpenCLIP's training uses, see docs/dino.md):
-multi-crop views (lightly's ``DINOTransform``), a student and an EMA teacher (``update_momentum``), lightly's
-``DINOLoss`` and ``DINOProjectionHead``; DINO's reference schedules (lr warm-up + cosine, weight decay
-0.04 -> 0.4, teacher momentum 0.996 -> 1, teacher temperature warm-up, last layer frozen for the first
-epoch), gradient clipping, bf16 autocast, atomic checkpoints, resume from the readable one with the highest
-recorded step, tqdm progress and JSON-lines logs.
+multi-crop views (lightly's ``DINOTransform``, or :mod:`sparo_clip.dino.tensor_crops` for small decoded images),
+a student and an EMA teacher (``update_momentum``), lightly's ``DINOLoss`` and ``DINOProjectionHead``; DINO's
+reference schedules (lr warm-up + cosine, weight decay 0.04 -> 0.4, teacher momentum 0.996 -> 1, teacher
+temperature warm-up, last layer frozen for the first epoch), DINO's gradient clipping (each parameter's gradient
+on its own, before the frozen last layer's is dropped), bf16 autocast, atomic checkpoints, resume from the
+readable one with the highest recorded step, tqdm progress and JSON-lines logs. Every logged step records the
+collapse diagnostics (:mod:`sparo_clip.dino.diagnostics`: H(t|x), H(mean t), KL) and a run that sits in a
+collapse warns once, naming the step and the two entropies.
 
 Failures: options, model, data, ``--output`` and ``--resume`` are checked before any work
 (:func:`~sparo_clip.dino.options.check_args`, exit code 2); during the run, unreadable images and shards are
@@ -48,10 +51,20 @@ from sparo_clip.dino.data import (
     check_shards,
     collate_views,
     folder_images,
+    hash_seed,
 )
+from sparo_clip.dino.diagnostics import CollapseMonitor, clip_per_parameter, target_stats
 from sparo_clip.dino.lightly_api import require_lightly
 from sparo_clip.dino.model import DinoNet
-from sparo_clip.dino.options import build_parser, check_args, checkpoint_paths, newest_checkpoint, run_config
+from sparo_clip.dino.options import (
+    DinoRun,
+    build_parser,
+    check_args,
+    checkpoint_paths,
+    newest_checkpoint,
+    run_config,
+)
+from sparo_clip.dino.tensor_crops import CropCfg, decode_images, multi_crop
 from sparo_clip.errors import CheckpointError, NonFiniteLossError, SparoClipError, WriteError, one_line
 from sparo_clip.inputs import FolderSnapshot
 
@@ -67,7 +80,7 @@ def latest_checkpoint(output: str | Path) -> Path | None:
     return path
 
 
-def _resume_state(args: Any, out: Path) -> tuple[Path | None, dict[str, Any] | None]:
+def _resume_state(args: DinoRun, out: Path) -> tuple[Path | None, dict[str, Any] | None]:
     """The checkpoint to resume from: ``--resume FILE``, or with ``auto`` the readable one with the highest
     recorded step (never the newest by name), skipping files that fail to load whole."""
     if args.resume == "none":
@@ -97,7 +110,7 @@ def _resume_state(args: Any, out: Path) -> tuple[Path | None, dict[str, Any] | N
 class Schedules:
     """DINO's per-step schedules (lr, weight decay, teacher momentum) and per-epoch teacher temperature."""
 
-    def __init__(self, args: Any, steps_per_epoch: int) -> None:
+    def __init__(self, args: DinoRun, steps_per_epoch: int) -> None:
         self.lightly = require_lightly()
         self.args, self.spe = args, steps_per_epoch
         self.total = args.epochs * steps_per_epoch
@@ -139,7 +152,9 @@ def _dist_setup() -> tuple[int, int, int]:
     return world, rank, local
 
 
-def _loader(args: Any, cfg: DinoCfg, rank: int, start_step: int, total: int) -> tuple[Any, int]:
+def _loader(args: DinoRun, cfg: DinoCfg, rank: int, start_step: int, total: int) -> tuple[Any, int]:
+    if args.augment == "tensor":
+        return TensorViews(args, cfg, rank, start_step, total), 0
     lightly = require_lightly()
     transform = lightly.DINOTransform(
         global_crop_size=cfg.global_crop_size,
@@ -147,6 +162,10 @@ def _loader(args: Any, cfg: DinoCfg, rank: int, start_step: int, total: int) -> 
         local_crop_size=cfg.local_crop_size,
         local_crop_scale=args.local_crop_range,
         n_local_views=args.local_crops,
+        cj_prob=args.color_jitter,
+        random_gray_scale=args.grayscale,
+        solarization_prob=args.solarize,
+        gaussian_blur=(1.0, 0.1, 0.5) if args.blur else (0.0, 0.0, 0.0),
     )
     if args.dataset_type == "folder":
         paths = folder_images(args.train_data)
@@ -167,7 +186,44 @@ def _loader(args: Any, cfg: DinoCfg, rank: int, start_step: int, total: int) -> 
     return loader, spe
 
 
-def steps_per_epoch(args: Any) -> int:
+class TensorViews:
+    """The batches of ``--augment tensor``: the ImageFolder decoded once, each step's views cropped from it.
+
+    Step s takes the same slice of the same seeded per-epoch permutation as :class:`StepSampler`, and its views
+    come from a generator seeded by (seed, step) over the whole global batch (each process keeps its part), so
+    the views do not depend on the number of processes or on a resume. Yields ``(views, reasons)`` as the
+    loader does (the reasons of images skipped at decoding come with the first batch).
+    """
+
+    def __init__(self, args: DinoRun, cfg: DinoCfg, rank: int, start_step: int, total: int) -> None:
+        paths = folder_images(args.train_data)
+        self.images, self.skipped = decode_images(paths, cfg.global_crop_size, strict=args.strict)
+        if len(self.images) < args.global_batch:
+            raise DataError(
+                f"--train-data has {len(self.images)} readable images, fewer than one global batch ({args.global_batch})"
+            )
+        self.crops = CropCfg(
+            cfg.global_crop_size, cfg.local_crop_size, args.local_crops, args.global_crop_range,
+            args.local_crop_range, 0.5, args.color_jitter, args.grayscale, args.solarize,
+        )  # fmt: skip
+        self.sampler = StepSampler(len(self.images), args.global_batch, 0, 1, args.seed, start_step, total)
+        self.local, self.rank, self.seed, self.start = args.batch_size, rank, args.seed, start_step
+
+    def __iter__(self):
+        order = iter(self.sampler)
+        step, reasons = self.start, list(self.skipped)
+        while True:
+            index = [i for _, i in (next(order, None) for _ in range(self.sampler.gb)) if i is not None]
+            if len(index) < self.sampler.gb:
+                return
+            gen = torch.Generator().manual_seed(hash_seed(self.seed, "views", step))
+            views = multi_crop(self.images[torch.tensor(index)], self.crops, gen)
+            part = slice(self.rank * self.local, (self.rank + 1) * self.local)
+            yield [v[part] for v in views], reasons
+            step, reasons = step + 1, []
+
+
+def steps_per_epoch(args: DinoRun) -> int:
     if args.dataset_type == "folder":
         return len(folder_images(args.train_data)) // args.global_batch
     return max(1, args.train_num_samples // args.global_batch)
@@ -228,7 +284,7 @@ class Progress:
         self.steps = 0
 
 
-def train(args: Any, cfg: DinoCfg, progress: Progress | None = None) -> dict[str, Any]:
+def train(args: DinoRun, cfg: DinoCfg, progress: Progress | None = None) -> dict[str, Any]:
     """Run (or resume) the training described by checked ``args``; returns a summary."""
     lightly = require_lightly()
     world, rank, local = args.world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -287,6 +343,7 @@ def train(args: Any, cfg: DinoCfg, progress: Progress | None = None) -> dict[str
     bar = tqdm(total=total, initial=start, desc="dino", unit="step", disable=rank != 0)
     step, last_loss, t0 = start, float("nan"), time.perf_counter()
     skips, skipped_all = _Skips(args.strict), 0
+    monitor, stats = CollapseMonitor(), None
     data_iter = iter(loader)
     try:
         while step < total:
@@ -302,6 +359,11 @@ def train(args: Any, cfg: DinoCfg, progress: Progress | None = None) -> dict[str
                 with torch.no_grad():
                     t_out = teacher(views[:2])
                 s_out = model(views)
+            if log is not None and ((step + 1) % args.log_every == 0 or step + 1 == total):
+                # the loss pairs each teacher view with the student's other global view; the centre is the
+                # one this step's loss uses (the loss moves it afterwards)
+                stats = target_stats(torch.cat(t_out[:2]).float(), torch.cat([s_out[1], s_out[0]]).float(),
+                                     criterion.center, tt, args.student_temp)  # fmt: skip
             loss = criterion([t.float() for t in t_out], [s.float() for s in s_out], teacher_temp=tt)
             if not math.isfinite(loss.item()):
                 raise NonFiniteLossError(
@@ -310,7 +372,8 @@ def train(args: Any, cfg: DinoCfg, progress: Progress | None = None) -> dict[str
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), args.clip_grad or float("inf"))
+            norms = clip_per_parameter(student.parameters(), args.clip_grad or float("inf"))
+            grad_norm = math.sqrt(sum(n * n for n in norms))  # before clipping, over every parameter
             student.head.cancel_last_layer_gradients(epoch)
             optimizer.step()
             with torch.no_grad():
@@ -330,6 +393,15 @@ def train(args: Any, cfg: DinoCfg, progress: Progress | None = None) -> dict[str
                 row = {"step": step, "epoch": epoch, "loss": last_loss, "lr": lr, "wd": wd, "momentum": m,
                        "teacher_temp": tt, "grad_norm": float(grad_norm), "skipped_images": skipped_all,
                        "seconds": time.perf_counter() - t0}  # fmt: skip
+                if stats is not None:
+                    row |= stats.to_dict()
+                    warning = monitor.observe(step, stats)
+                    if warning:
+                        logger.warning("%s", warning)
+                        row["collapse_warning"] = warning
+                    bar.set_postfix(
+                        loss=f"{last_loss:.4f}", h_t=f"{stats.h_target:.2f}", h_mean=f"{stats.h_mean:.2f}"
+                    )
                 log.write(json.dumps(row) + "\n")
                 log.flush()
             if rank == 0 and (step % args.save_every == 0 or step == total):
@@ -354,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     world, rank, _ = _dist_setup()
     try:
         cfg = check_args(args, world)
+        run = DinoRun.from_args(args)
         if args.dataset_type == "webdataset":
             check_shards(args.train_data)
         else:
@@ -364,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sparo-dino train: error: {one_line(e)}", file=sys.stderr)
         return 2
     if args.dry_run:
-        print(json.dumps(run_config(args, cfg), indent=2))
+        print(json.dumps(run_config(run, cfg), indent=2))
         return 0
     snapshot = FolderSnapshot(args.output, restore=("config.json",)) if rank == 0 else None
     if world > 1:
@@ -372,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         dist.init_process_group(backend, timeout=timedelta(minutes=30))
     summary, progress = None, Progress()
     try:
-        summary = train(args, cfg, progress)
+        summary = train(run, cfg, progress)
     except SparoClipError as e:
         print(f"sparo-dino train: error: {one_line(e)}", file=sys.stderr)
         return 1
