@@ -27,6 +27,7 @@ import math
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,60 +62,53 @@ def _sparo_shape() -> tuple[int, int]:
     return s["num_slots"], s["slot_dim"]
 
 
+def tuning_run(
+    label: str, lr: float, shape: tuple[int, int] | None, args: argparse.Namespace, base: recipe_mod.Recipe
+) -> tuple[str, TrainCfg]:
+    """One tuning run's name and settings at ``--epochs`` on the tuning world: the learning-rate grid's runs
+    (``shape`` None: the configured model) and the slot shapes' (the configured shape is the grid's run)."""
+    if shape is not None and shape == _sparo_shape():
+        shape = None
+    name = f"{label}-lr{lr:g}" if shape is None else f"{label}-{shape[0]}x{shape[1]}"
+    cfg = TrainCfg(MODELS[label], args.epochs, base.batch_size, lr, base.wd, base.warmup, args.tune_seed,
+                   args.threads, slot_override(shape) if shape is not None else None)  # fmt: skip
+    return f"{name}-seed{args.tune_seed}", cfg
+
+
 def tune(args: argparse.Namespace, base: recipe_mod.Recipe) -> dict[str, Any]:
     """Learning rates (grid extended past a winning edge) and the slot shape, on the tuning world's validation."""
     data = world_for(args.tune_seed, args.data, base.world, base.sizes())
     out = Path(args.out) / "tune"
+    grids = {label: sorted(args.lrs) for label in MODELS}
+    scores: dict[str, dict[float, float]] = {label: {} for label in MODELS}
     chosen: dict[str, float] = {}
-    tables: dict[str, dict[str, float]] = {}
-    for label, model in MODELS.items():
-        grid, scores = sorted(args.lrs), {}
-        for _ in range(MAX_EXTENSIONS + 1):
-            cfgs = {
-                f"{label}-lr{lr:g}": TrainCfg(
-                    model,
-                    args.epochs,
-                    base.batch_size,
-                    lr,
-                    base.wd,
-                    base.warmup,
-                    args.tune_seed,
-                    args.threads,
-                )  # fmt: skip
-                for lr in grid
-                if lr not in scores
-            }
-            runs = train_runs(
-                {f"{k}-seed{args.tune_seed}": (c, data) for k, c in cfgs.items()}, out, args.slots
-            )
-            scores |= {cfgs[k].lr: final_val(runs[f"{k}-seed{args.tune_seed}"]) for k in cfgs}
-            best = max(scores, key=lambda lr: (scores[lr], -lr))
-            ordered = sorted(scores)
-            if best == ordered[0]:
-                grid = [best / 2]
-            elif best == ordered[-1]:
-                grid = [best * 2]
+    for _ in range(MAX_EXTENSIONS + 1):  # both models' grids train in one queue: no core waits for a model
+        pending = [label for label in MODELS if label not in chosen]
+        jobs = {}
+        for label in pending:
+            for lr in grids[label]:
+                if lr not in scores[label]:
+                    name, cfg = tuning_run(label, lr, None, args, base)
+                    jobs[name] = (label, cfg)
+        runs = train_runs({n: (c, data) for n, (_, c) in jobs.items()}, out, args.slots)
+        for name, (label, cfg) in jobs.items():
+            scores[label][cfg.lr] = final_val(runs[name])
+        for label in pending:
+            best = max(scores[label], key=lambda lr, s=scores[label]: (s[lr], -lr))
+            ordered = sorted(scores[label])
+            if best == ordered[0] or best == ordered[-1]:  # a winning edge: extend the grid past it
+                grids[label] = [best / 2 if best == ordered[0] else best * 2]
             else:
-                break
-        chosen[label] = best
-        tables[label] = {f"{lr:g}": v for lr, v in sorted(scores.items())}
-    shapes: dict[str, float] = {}
-    cfgs = {
-        f"SPARO-{L}x{V}": TrainCfg(
-            MODELS["SPARO"],
-            args.epochs,
-            base.batch_size,
-            chosen["SPARO"],
-            base.wd,
-            base.warmup,
-            args.tune_seed,
-            args.threads,
-            slot_override((L, V)),
-        )  # fmt: skip
-        for L, V in SLOT_SHAPES
-    }
-    runs = train_runs({f"{k}-seed{args.tune_seed}": (c, data) for k, c in cfgs.items()}, out, args.slots)
-    shapes = {k.removeprefix("SPARO-"): final_val(runs[f"{k}-seed{args.tune_seed}"]) for k in cfgs}
+                chosen[label] = best
+        if len(chosen) == len(MODELS):
+            break
+    for label in MODELS:  # extensions exhausted: the best measured (its edge is reported in the table)
+        chosen.setdefault(label, max(scores[label], key=lambda lr, s=scores[label]: (s[lr], -lr)))
+    tables = {label: {f"{lr:g}": v for lr, v in sorted(scores[label].items())} for label in MODELS}
+    # the configured shape's run is the learning-rate grid's: train_runs reuses it
+    shape_runs = dict(tuning_run("SPARO", chosen["SPARO"], shape, args, base) for shape in SLOT_SHAPES)
+    records = train_runs({n: (c, data) for n, c in shape_runs.items()}, out, args.slots)
+    shapes = {f"{L}x{V}": final_val(records[n]) for (L, V), n in zip(SLOT_SHAPES, shape_runs, strict=True)}
     best_shape = max(shapes, key=lambda k: (shapes[k], -int(k.split("x")[0])))
     return {"lr": chosen, "lr_scores": tables, "slot_shape": best_shape, "slot_scores": shapes,
             "tune_seed": args.tune_seed}  # fmt: skip
@@ -125,27 +119,21 @@ def plateau_evidence(
 ) -> dict[str, Any]:
     """The chosen settings at ``--epochs`` and twice as long, on the tuning world: curves and the plateau rule."""
     data = world_for(args.tune_seed, args.data, base.world, base.sizes())
-    out = Path(args.out) / "plateau"
     shape = tuple(int(x) for x in tuned["slot_shape"].split("x"))
     evidence: dict[str, Any] = {"steps_per_epoch": steps_per_epoch(data, base.batch_size)}
     for epochs in (args.epochs, 2 * args.epochs):
-        cfgs = {
-            f"{label}-e{epochs}": TrainCfg(
-                model,
-                epochs,
-                base.batch_size,
-                tuned["lr"][label],
-                base.wd,
-                base.warmup,
-                args.tune_seed,
-                args.threads,
-                slot_override(shape) if label == "SPARO" else None,
-            )  # fmt: skip
-            for label, model in MODELS.items()
-        }
-        runs = train_runs({f"{k}-seed{args.tune_seed}": (c, data) for k, c in cfgs.items()}, out, args.slots)
-        for name in cfgs:
-            run = runs[f"{name}-seed{args.tune_seed}"]
+        jobs: dict[str, tuple[str, TrainCfg]] = {}  # name in the evidence -> (run name, settings)
+        for label in MODELS:
+            run_name, cfg = tuning_run(
+                label, tuned["lr"][label], shape if label == "SPARO" else None, args, base
+            )
+            if epochs != args.epochs:  # the budget itself is the tuning run (reused); twice it is new
+                run_name, cfg = f"{label}-e{epochs}-seed{args.tune_seed}", replace(cfg, epochs=epochs)
+            jobs[f"{label}-e{epochs}"] = (run_name, cfg)
+        out = Path(args.out) / ("tune" if epochs == args.epochs else "plateau")
+        runs = train_runs({n: (c, data) for n, c in jobs.values()}, out, args.slots)
+        for name, (run_name, _) in jobs.items():
+            run = runs[run_name]
             curve = [p["val_r1"] for p in run["curve"]]
             verdict = plateau(curve)
             evidence[name] = {"curve": run["curve"], "flat": verdict.flat, "gain": verdict.gain,
