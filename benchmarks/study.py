@@ -69,26 +69,32 @@ def tuning_run(
     (``shape`` None: the configured model) and the slot shapes' (the configured shape is the grid's run)."""
     if shape is not None and shape == _sparo_shape():
         shape = None
-    name = f"{label}-lr{lr:g}" if shape is None else f"{label}-{shape[0]}x{shape[1]}"
+    name = f"{label}-lr{lr:g}" if shape is None else f"{label}-{shape[0]}x{shape[1]}-lr{lr:g}"
     cfg = TrainCfg(MODELS[label], args.epochs, base.batch_size, lr, base.wd, base.warmup, args.tune_seed,
                    args.threads, slot_override(shape) if shape is not None else None)  # fmt: skip
     return f"{name}-seed{args.tune_seed}", cfg
 
 
-def tune(args: argparse.Namespace, base: recipe_mod.Recipe) -> dict[str, Any]:
-    """Learning rates (grid extended past a winning edge) and the slot shape, on the tuning world's validation."""
-    data = world_for(args.tune_seed, args.data, base.world, base.sizes())
+def bracket(
+    args: argparse.Namespace,
+    base: recipe_mod.Recipe,
+    data: dict[str, Any],
+    shapes: dict[str, tuple[int, int] | None],
+    grids: dict[str, list[float]],
+) -> tuple[dict[str, float], dict[str, dict[float, float]]]:
+    """Each model's learning rate on validation from its grid, extended by 2x past a winning edge (at most
+    :data:`MAX_EXTENSIONS` times); all models' runs share one training queue, so no core waits for a model."""
     out = Path(args.out) / "tune"
-    grids = {label: sorted(args.lrs) for label in MODELS}
-    scores: dict[str, dict[float, float]] = {label: {} for label in MODELS}
+    grids = {label: sorted(g) for label, g in grids.items()}
+    scores: dict[str, dict[float, float]] = {label: {} for label in shapes}
     chosen: dict[str, float] = {}
-    for _ in range(MAX_EXTENSIONS + 1):  # both models' grids train in one queue: no core waits for a model
-        pending = [label for label in MODELS if label not in chosen]
+    for _ in range(MAX_EXTENSIONS + 1):
+        pending = [label for label in shapes if label not in chosen]
         jobs = {}
         for label in pending:
             for lr in grids[label]:
                 if lr not in scores[label]:
-                    name, cfg = tuning_run(label, lr, None, args, base)
+                    name, cfg = tuning_run(label, lr, shapes[label], args, base)
                     jobs[name] = (label, cfg)
         runs = train_runs({n: (c, data) for n, (_, c) in jobs.items()}, out, args.slots)
         for name, (label, cfg) in jobs.items():
@@ -100,16 +106,35 @@ def tune(args: argparse.Namespace, base: recipe_mod.Recipe) -> dict[str, Any]:
                 grids[label] = [best / 2 if best == ordered[0] else best * 2]
             else:
                 chosen[label] = best
-        if len(chosen) == len(MODELS):
+        if len(chosen) == len(shapes):
             break
-    for label in MODELS:  # extensions exhausted: the best measured (its edge is reported in the table)
+    for label in shapes:  # extensions exhausted: the best measured (its edge shows in the table)
         chosen.setdefault(label, max(scores[label], key=lambda lr, s=scores[label]: (s[lr], -lr)))
+    return chosen, scores
+
+
+def tune(args: argparse.Namespace, base: recipe_mod.Recipe) -> dict[str, Any]:
+    """Learning rates (grid extended past a winning edge), the slot shape, and SPARO's learning rate again at
+    the chosen shape when it is not the configured one, all on the tuning world's validation."""
+    data = world_for(args.tune_seed, args.data, base.world, base.sizes())
+    out = Path(args.out) / "tune"
+    chosen, scores = bracket(
+        args, base, data, dict.fromkeys(MODELS), {label: list(args.lrs) for label in MODELS}
+    )
     tables = {label: {f"{lr:g}": v for lr, v in sorted(scores[label].items())} for label in MODELS}
     # the configured shape's run is the learning-rate grid's: train_runs reuses it
     shape_runs = dict(tuning_run("SPARO", chosen["SPARO"], shape, args, base) for shape in SLOT_SHAPES)
     records = train_runs({n: (c, data) for n, c in shape_runs.items()}, out, args.slots)
     shapes = {f"{L}x{V}": final_val(records[n]) for (L, V), n in zip(SLOT_SHAPES, shape_runs, strict=True)}
     best_shape = max(shapes, key=lambda k: (shapes[k], -int(k.split("x")[0])))
+    shape = tuple(int(x) for x in best_shape.split("x"))
+    if (
+        shape != _sparo_shape()
+    ):  # the learning rate was chosen for another shape: bracket it again for this one
+        lr = chosen["SPARO"]
+        again, rescored = bracket(args, base, data, {"SPARO": shape}, {"SPARO": [lr / 2, lr, 2 * lr]})
+        chosen["SPARO"] = again["SPARO"]
+        tables[f"SPARO {best_shape}"] = {f"{lr:g}": v for lr, v in sorted(rescored["SPARO"].items())}
     return {"lr": chosen, "lr_scores": tables, "slot_shape": best_shape, "slot_scores": shapes,
             "tune_seed": args.tune_seed}  # fmt: skip
 

@@ -128,7 +128,10 @@ def write_study_doc(state: dict[str, Any], path: Path) -> None:
         f"- Tuning on a world of its own (seed {tuning['tune_seed']}), at {final} epochs, on the validation pairs "
         "only (final validation R@1): learning rates "
         + "; ".join(
-            f"tiny-{m}: " + ", ".join(f"{lr} → {_f(v)}" for lr, v in tuning["lr_scores"][m].items())
+            f"tiny-{m}"
+            + (" (at the chosen slot shape)" if " " in m else "")
+            + ": "
+            + ", ".join(f"{lr} → {_f(v)}" for lr, v in tuning["lr_scores"][m].items())
             for m in tuning["lr_scores"]
         )  # fmt: skip
         + f" (chosen: {', '.join(f'tiny-{m} {lr:g}' for m, lr in tuning['lr'].items())}; a grid is extended by 2x "
@@ -179,7 +182,8 @@ def write_study_doc(state: dict[str, Any], path: Path) -> None:
             else "No secondary metric differs after Holm's correction."
         ),
         "",
-        f"{PAPER_SCALE}: this study trains tiny towers on 32-pixel synthetic scenes for minutes on CPU cores.",
+        f"{PAPER_SCALE}: this study trains tiny towers on {state['recipe']['world']['image_size']}-pixel synthetic "
+        "scenes for minutes on CPU cores.",
         "",
     ]
     path.write_text("\n".join(lines) + "\n")

@@ -4,26 +4,57 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import dino_bench
 from sparo_clip.dino import quickstart
 
 
-def test_quickstart_small_reports_both_twins_seen_and_held_out(tmp_path):
-    assert quickstart.main(["--small", "--out", str(tmp_path / "qs")]) == 0
-    report = json.loads((tmp_path / "qs" / "report.json").read_text())
-    assert set(report["results"]) == {"CLS-DINO", "SPARO-DINO"}
-    assert report["probe"]["held_out"] and report["probe"]["seen"]
-    for by_weights in report["results"].values():
-        assert set(by_weights) == {"init", "2 steps"}
-        for r in by_weights.values():
-            for task in ("knn", "linear"):
-                assert all(0.0 <= r[task][g] <= 1.0 for g in ("all", "seen", "held_out"))
-    png = tmp_path / "qs" / "slot_attention.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_quickstart_small_reports_both_twins_over_seeds_with_paired_intervals(tmp_path):
+    out = tmp_path / "qs"
+    assert quickstart.main(["--small", "--seeds", "2", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["seeds"]) == {"0", "1"}
+    held = [report["seeds"][s]["held_out"] for s in ("0", "1")]
+    assert all(held) and held[0] != held[1]  # every seed its own world, its own held-out pairs
+    for seed in report["seeds"].values():
+        assert set(seed["twins"]) == set(quickstart.MODELS)
+        for twin in seed["twins"].values():
+            for weights in ("trained", "init"):
+                for task in quickstart.PROBES:
+                    row = twin[weights][task]
+                    assert 0.0 <= row["all"] <= 1.0 and row["seen"] is not None and row["held_out"] is not None
+            diag = twin["diagnostics"]
+            assert diag["h_target"] is not None and 0 <= diag["h_target"] <= diag["log_k"] + 1e-6
+    for key in ("knn all", "linear held_out"):
+        comp = report["comparison"][key]
+        pairs = zip(comp["CLS-DINO trained"], comp["SPARO-DINO trained"], strict=True)
+        diffs = [b - a for a, b in pairs]
+        assert comp["diff"]["n"] == 2 and abs(comp["diff"]["mean"] - sum(diffs) / 2) < 1e-12
+        assert comp["diff"]["low"] <= comp["diff"]["mean"] <= comp["diff"]["high"]
+    md = (out / "report.md").read_text()
+    assert "SPARO − CLS" in md and "H(t\\|x)" in md and "untrained" in md
+    assert (out / "slot_attention.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a second run reuses the finished trainings (done.json matches the budget) and reports the same numbers
+    assert quickstart.main(["--small", "--seeds", "2", "--out", str(out)]) == 0
+    again = json.loads((out / "report.json").read_text())
+    assert again["comparison"] == report["comparison"]
+
+
+def test_quickstart_refuses_bad_settings_before_any_work(tmp_path, capsys):
+    assert quickstart.main(["--small", "--seeds", "0", "--out", str(tmp_path / "qs")]) == 2
+    assert "--seeds 0 is not valid" in capsys.readouterr().err
+    assert not (tmp_path / "qs").exists()
+
+
+def test_write_docs_replaces_only_its_block(tmp_path):
     doc = tmp_path / "dino.md"
     doc.write_text(f"intro\n{quickstart.BEGIN}\nold\n{quickstart.END}\ntail\n")
     quickstart.write_docs("new table", doc)
     assert doc.read_text() == f"intro\n{quickstart.BEGIN}\nnew table\n{quickstart.END}\ntail\n"
+    doc.write_text("no block\n")
+    with pytest.raises(ValueError, match="no <!-- dino-quickstart:begin -->"):
+        quickstart.write_docs("x", doc)
 
 
 def test_dino_benchmark_quick_writes_ratios_into_its_block(tmp_path):

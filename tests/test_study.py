@@ -94,10 +94,12 @@ def test_tuning_brackets_each_learning_rate_and_chooses_the_slot_shape_on_valida
     assert set(tuning["lr_scores"]["CLIP"]) == {"0.0005", "0.001", "0.002", "0.004"}  # its edge, bracketed
     assert tuning["slot_shape"] == "8x32"
     shapes = [label for label, cfg in fake.trained if cfg.override]
-    assert shapes == [
-        "SPARO-8x32-seed1000",
-        "SPARO-16x16-seed1000",
-    ]  # 4x64, the configured shape, is the grid's run
+    # 4x64, the configured shape, is the grid's run; at 8x32, the chosen shape, the learning rate is bracketed again
+    # (the fake trains every run it is given; the real train_runs reuses a name it has finished)
+    assert list(dict.fromkeys(shapes)) == ["SPARO-8x32-lr0.008-seed1000", "SPARO-16x16-lr0.008-seed1000",
+                                           "SPARO-8x32-lr0.004-seed1000", "SPARO-8x32-lr0.016-seed1000"]  # fmt: skip
+    assert set(tuning["lr_scores"]["SPARO 8x32"]) == {"0.004", "0.008", "0.016"}
+    assert tuning["lr"]["SPARO"] == pytest.approx(8e-3)
     assert set(tuning["slot_scores"]) == {"4x64", "8x32", "16x16"}
     assert all(cfg.seed == 1000 for _, cfg in fake.trained)  # tuning never touches a comparison seed
 
@@ -128,7 +130,7 @@ def test_plateau_stage_writes_the_recipe_the_slot_shape_and_the_curve(sandbox):
     )
     asked = {label: cfg.epochs for label, cfg in fake.trained[tuning_runs:]}
     # the budget is the chosen tuning runs (the real train_runs reuses them); twice it is trained anew
-    assert asked == {"CLIP-lr0.001-seed1000": 4, "SPARO-8x32-seed1000": 4, "CLIP-e8-seed1000": 8,
+    assert asked == {"CLIP-lr0.001-seed1000": 4, "SPARO-8x32-lr0.008-seed1000": 4, "CLIP-e8-seed1000": 8,
                      "SPARO-e8-seed1000": 8}  # fmt: skip
 
 
@@ -149,6 +151,6 @@ def test_comparison_over_seeds_and_budgets_writes_a_plain_conclusion(sandbox):
     assert row["diff"]["mean"] == pytest.approx(0.1) and row["diff"]["low"] == pytest.approx(0.1)  # no spread
     doc = (root / "docs" / "study.md").read_text()
     assert "SPARO ahead" in doc and "no difference detected" in doc  # retrieval is equal for both
-    assert "3 seeds" in doc and "paired t" in doc
+    assert "3 seeds" in doc and "paired t" in doc and f"{recipe_mod.WORLD['image_size']}-pixel" in doc
     seeds = {cfg.seed for _, cfg in fake.trained}
     assert seeds == {0, 1, 2}

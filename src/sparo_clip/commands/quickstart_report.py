@@ -170,8 +170,8 @@ def opening(summary: dict[str, Any], verdicts: dict[str, Any], flagged: list[str
         f"Controls: a text-only reader scored {t_lo:.3f}-{t_hi:.3f} and each model with a blank image "
         f"{_f(b_lo)}-{_f(b_hi)} on the matching sets (chance 0.5): "
         + ("no set is flagged." if not flagged else f"{len(flagged)} set(s) flagged (see Controls)."),
-        "What this scale cannot say: these are tiny models on 32-pixel synthetic scenes trained for minutes on two "
-        "CPU cores; the paper's claims (ImageNet zero-shot +14%, SugarCrepe +4% / +9% with slot selection, DINO "
+        f"What this scale cannot say: these are tiny models on {world['image_size']}-pixel synthetic scenes trained "
+        "for minutes on CPU cores; the paper's claims (ImageNet zero-shot +14%, SugarCrepe +4% / +9% with slot selection, DINO "
         "+3%) are about ViT-B models trained on millions of web images, and nothing here confirms or refutes them.",
     ]
     return " ".join(lines)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -32,6 +33,7 @@ from typing import Any
 
 import torch
 
+from sparo_clip.checkpoints.files import atomic_save
 from sparo_clip.data.generate import generate
 from sparo_clip.data.sets import SizeCfg
 from sparo_clip.data.world import WorldCfg
@@ -42,19 +44,28 @@ from sparo_clip.dino.shapes import probe_sets
 from sparo_clip.errors import ConfigError, SparoClipError, one_line
 from sparo_clip.eval import cli as eval_cli
 from sparo_clip.experiment.stats import t_interval
-from sparo_clip.inputs import check_finite_numbers, check_writable_folder
+from sparo_clip.inputs import check_finite_numbers, check_writable_folder, load_json
 
 ROOT = Path(__file__).resolve().parents[3]
 MODELS = {"CLS-DINO": "tiny_dino", "SPARO-DINO": "tiny_sparo_dino"}
+WORLD = WorldCfg(image_size=32)  # 6 colours x 4 shapes, 20% of the pairs held out, a new choice per seed
 BEGIN, END = "<!-- dino-quickstart:begin -->", "<!-- dino-quickstart:end -->"
 PROBES = ("knn", "linear")
 GROUPS = ("all", "seen", "held_out")
 logger = logging.getLogger("sparo_clip.dino.quickstart")
 
 
+RECIPE_FILE = Path(__file__).with_name("recipe.json")  # written by benchmarks/dino_study.py --write-recipe
+PROBE_FIELDS = ("per_class", "probe_args")  # what only the probes read: never a reason to train again
+
+
 @dataclass(frozen=True)
 class Budget:
-    """What the job does: world size, training steps and batch, the recipe, probe images per class."""
+    """What the job does: world size, training steps and batch, the recipe, probe images per class.
+
+    The defaults are the recipe search's starting point (benchmarks/dino_study.py); the job runs the recipe the
+    search wrote (:func:`load_budget`).
+    """
 
     train_images: int = 4096
     per_class: int = 20
@@ -67,6 +78,7 @@ class Budget:
     teacher_temp: float = 0.04
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_epochs: int = 0
+    output_dim: int = 256  # K, the prototypes of both twins' heads
     head_input: str = "unit"  # how SPARO-DINO's slots enter its head (docs/dino.md: measured)
     probe_args: tuple[str, ...] = ()
 
@@ -74,14 +86,48 @@ class Budget:
     def steps(self) -> int:
         return self.epochs * (self.train_images // self.batch)
 
+    def overrides(self, model: str) -> dict[str, Any]:
+        """The model-config overrides this budget gives ``model`` (K; SPARO-DINO's head input)."""
+        out: dict[str, Any] = {"head": {"output_dim": self.output_dim}}
+        if model == MODELS["SPARO-DINO"] and self.head_input != "unit":
+            out["head_input"] = self.head_input
+        return out
+
+    def training_key(self, model: str) -> str:
+        """A short hash of everything that decides ``model``'s training under this budget (run folders are
+        named by it, so a change retrains and everything else is reused)."""
+        fields = {k: v for k, v in asdict(self).items() if k not in PROBE_FIELDS and k != "head_input"}
+        fields |= {"model": model, "overrides": self.overrides(model)}
+        return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+
 
 SMALL = Budget(train_images=64, per_class=4, epochs=1, batch=8, local_crops=2,
                probe_args=("--wd", "1e-3", "--max-iter", "20"))  # fmt: skip
 
 
+def load_budget(path: Path | None = None) -> tuple[Budget, str | None]:
+    """The recipe the search measured (``recipe.json``) and the command that wrote it, or the starting point
+    and None when no search has written one."""
+    path = RECIPE_FILE if path is None else path
+    if not path.is_file():
+        return Budget(), None
+    data = load_json(path.read_text(), str(path))
+    budget = data["budget"] | {"probe_args": tuple(data["budget"].get("probe_args", ()))}
+    return Budget(**budget), data.get("measured_by")
+
+
+def write_budget(
+    budget: Budget, measured_by: str, evidence: dict[str, Any], path: Path | None = None
+) -> Path:
+    path = RECIPE_FILE if path is None else path
+    text = json.dumps({"budget": asdict(budget), "measured_by": measured_by, "evidence": evidence}, indent=1)
+    path.write_text(text + "\n")
+    return path
+
+
 def train_args(budget: Budget, model: str, images: str, out: Path, seed: int) -> list[str]:
     """The recipe both twins get (see docs/dino.md for each choice)."""
-    args = [
+    return [
         "--model", model, "--train-data", images, "--dataset-type", "folder", "--augment", "tensor", "--no-blur",
         "--color-jitter", "0", "--grayscale", "0", "--solarize", "0",
         "--epochs", str(budget.epochs), "--batch-size", str(budget.batch), "--local-crops", str(budget.local_crops),
@@ -89,20 +135,21 @@ def train_args(budget: Budget, model: str, images: str, out: Path, seed: int) ->
         "--momentum-teacher", str(budget.momentum), "--teacher-temp", str(budget.teacher_temp),
         "--warmup-teacher-temp", str(budget.warmup_teacher_temp),
         "--warmup-teacher-temp-epochs", str(budget.warmup_teacher_temp_epochs),
+        "--model-overrides", json.dumps(budget.overrides(model)),
         "--workers", "0", "--device", "cpu", "--precision", "fp32", "--seed", str(seed),
         "--save-every", str(budget.steps), "--log-every", "10", "--output", str(out), "--resume", "auto",
     ]  # fmt: skip
-    if model == MODELS["SPARO-DINO"] and budget.head_input != "unit":
-        args += ["--model-overrides", json.dumps({"head_input": budget.head_input})]
-    return args
 
 
 def init_checkpoint(model: str, path: Path, seed: int = 0, overrides: dict | None = None) -> Path:
     """A twin's initial teacher (what training starts from), saved like a training checkpoint."""
+    if path.is_file():
+        return path
     cfg = load_config(model, overrides)
     torch.manual_seed(seed)
     net = DinoNet(cfg)
-    torch.save({"dino_cfg": cfg.to_dict(), "teacher": net.state_dict(), "student": net.state_dict()}, path)
+    state = {"dino_cfg": cfg.to_dict(), "teacher": net.state_dict(), "student": net.state_dict()}
+    atomic_save(state, path)
     return path
 
 
@@ -144,87 +191,128 @@ def diagnostics(run: Path) -> dict[str, Any]:
     }
 
 
-def train_twins(budget: Budget, images: str, out: Path, seed: int, parallel: bool) -> dict[str, Path]:
-    """Both twins of one seed, side by side (one core each) or one after the other; returns their runs."""
-    runs, procs = {}, {}
-    for name, model in MODELS.items():
-        run = out / "runs" / f"{name}-seed{seed}"
-        runs[name] = run
-        if (run / "done.json").is_file() and json.loads((run / "done.json").read_text()) == asdict(budget):
-            continue
-        cmd = [sys.executable, "-m", "sparo_clip.dino.train", *train_args(budget, model, images, run, seed)]
-        env = dict(os.environ, OMP_NUM_THREADS="1" if parallel else str(os.cpu_count() or 1))
-        logger.info("%s seed %d: training %d steps", name, seed, budget.steps)
-        procs[name] = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        if not parallel:
-            _finish(name, procs.pop(name), run, budget)
-    for name, proc in procs.items():
-        _finish(name, proc, runs[name], budget)
-    return runs
+@dataclass(frozen=True)
+class Job:
+    """One training: a twin (its name in :data:`MODELS`) under a budget on one seed's world."""
+
+    name: str
+    budget: Budget
+    seed: int
+    images: str
+
+    @property
+    def model(self) -> str:
+        return MODELS[self.name]
+
+    def folder(self, out: Path) -> Path:
+        return out / "runs" / f"{self.name}-seed{self.seed}-{self.budget.training_key(self.model)}"
 
 
-def _finish(name: str, proc: subprocess.Popen, run: Path, budget: Budget) -> None:
+def train_jobs(jobs: list[Job], out: Path, parallel: bool = True) -> tuple[dict[Job, Path], int]:
+    """Train every job not trained before (two at a time, one core each, or one after the other); returns
+    each job's run folder and how many were trained now. A finished run (``done.json``) is reused: its
+    folder is named by the settings."""
+    runs = {job: job.folder(out) for job in jobs}
+    queue = [job for job in jobs if not (runs[job] / "done.json").is_file()]
+    trained = len(queue)
+    running: dict[Job, subprocess.Popen] = {}
+    slots = 2 if parallel else 1
+    env = dict(os.environ, OMP_NUM_THREADS="1" if parallel else str(os.cpu_count() or 1))
+    try:
+        while queue or running:
+            while queue and len(running) < slots:
+                job = queue.pop(0)
+                args = train_args(job.budget, job.model, job.images, runs[job], job.seed)
+                logger.info(
+                    "%s seed %d: training %d steps (%s)", job.name, job.seed, job.budget.steps, runs[job]
+                )
+                running[job] = subprocess.Popen([sys.executable, "-m", "sparo_clip.dino.train", *args], env=env,
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+            done = next((j for j, proc in running.items() if proc.poll() is not None), None)
+            if done is None:
+                time.sleep(0.5)
+                continue
+            _finish(done, running.pop(done), runs[done])
+    finally:
+        for proc in running.values():  # a failure stops the others: nothing keeps running
+            proc.kill()
+    return runs, trained
+
+
+def _finish(job: Job, proc: subprocess.Popen, run: Path) -> None:
     _, err = proc.communicate()
     if proc.returncode != 0:
         last = [ln for ln in (err or "").splitlines() if ln.strip()][-1:] or ["no message"]
-        raise RuntimeError(f"training {name} failed ({last[0]}); see {run}")
-    (run / "done.json").write_text(json.dumps(asdict(budget)) + "\n")
+        raise RuntimeError(f"training {job.name} seed {job.seed} failed ({last[0]}); see {run}")
+    (run / "done.json").write_text(json.dumps(asdict(job.budget)) + "\n")
 
 
-def run(budget: Budget, out: Path, seeds: int, world: WorldCfg, parallel: bool = True) -> dict[str, Any]:
-    """Every seed: world, twins trained, teachers and initial encoders probed; then the comparison."""
-    from sparo_clip.dino.train import latest_checkpoint
-
-    start = time.perf_counter()
+def prepare_world(budget: Budget, out: Path, seed: int, world: WorldCfg) -> tuple[dict[str, Any], str]:
+    """One seed's world (generated or reused), its probe sets and its training images folder."""
     # the DINO job reads the training images and the zero-shot folders; the other sets stay at their minimum
     sizes = SizeCfg(train=budget.train_images, val=8, shards=4, zeroshot_per_class=2 * budget.per_class,
                     sugarcrepe_per_task=4, test=2, sugarcrepe_val_per_task=4, binding_per_group=2)  # fmt: skip
+    data_dir = out / "data" / f"world-{seed}"
+    generate(data_dir, replace(world, seed=seed), sizes)
+    probes = probe_sets(data_dir, out / "probe" / f"world-{seed}")
+    return probes, _training_folder(data_dir, out / "train_images" / f"world-{seed}")
+
+
+def evaluate_run(job: Job, run: Path, probes: dict[str, Any]) -> dict[str, Any]:
+    """A trained run's teacher and the same encoder at initialisation, probed; with the run's diagnostics.
+    Cached in the run folder, keyed by what the probes read."""
+    from sparo_clip.dino.train import latest_checkpoint
+
+    key = {k: getattr(job.budget, k) for k in PROBE_FIELDS} | {"probes": probes}
+    cache = run / "probes.json"
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached["key"] == json.loads(json.dumps(key)):
+            return cached["result"]
+    init = init_checkpoint(job.model, run / "init.pt", job.seed, job.budget.overrides(job.model))
+    result = {
+        "trained": probe(latest_checkpoint(run), probes, run / "probe" / "trained", job.budget.probe_args),
+        "init": probe(init, probes, run / "probe" / "init", job.budget.probe_args),
+        "diagnostics": diagnostics(run),
+    }
+    cache.write_text(json.dumps({"key": key, "result": result}) + "\n")
+    return result
+
+
+def run(
+    budget: Budget, out: Path, seeds: list[int], world: WorldCfg, parallel: bool = True
+) -> dict[str, Any]:
+    """Every seed: world, twins trained (all seeds' trainings in one queue), teachers and initial encoders
+    probed; then the comparison."""
+    from sparo_clip.dino.train import latest_checkpoint
+
+    start = time.perf_counter()
+    prepared = {seed: prepare_world(budget, out, seed, world) for seed in seeds}
+    jobs = {(name, seed): Job(name, budget, seed, prepared[seed][1]) for seed in seeds for name in MODELS}
+    runs, trained = train_jobs(list(jobs.values()), out, parallel)
     per_seed: dict[int, dict[str, Any]] = {}
-    picture = None
-    for seed in range(seeds):
-        data_dir = out / "data" / f"world-{seed}"
-        generate(data_dir, replace(world, seed=seed), sizes)
-        probes = probe_sets(data_dir, out / "probe" / f"world-{seed}")
-        images = _training_folder(data_dir, out / "train_images" / f"world-{seed}")
-        runs = train_twins(budget, images, out, seed, parallel)
-        seed_out: dict[str, Any] = {"held_out": probes["held_out"], "twins": {}}
-        for name, model in MODELS.items():
-            trained = latest_checkpoint(runs[name])
-            overrides = (
-                {"head_input": budget.head_input}
-                if name == "SPARO-DINO" and budget.head_input != "unit"
-                else None
-            )
-            init = init_checkpoint(model, runs[name] / "init.pt", seed, overrides)
-            where = out / "probes" / f"seed{seed}" / name
-            seed_out["twins"][name] = {
-                "trained": probe(trained, probes, where / "trained", budget.probe_args),
-                "init": probe(init, probes, where / "init", budget.probe_args),
-                "diagnostics": diagnostics(runs[name]),
-            }
-            if name == "SPARO-DINO" and seed == 0:
-                picks = [
-                    sorted((Path(probes["val"]) / c).glob("*.png"))[0]
-                    for c in (probes["seen"][:2] + probes["held_out"][:2])
-                ]
-                titles = [
-                    p.parent.name.replace("_", " ")
-                    + (" (held-out)" if p.parent.name in probes["held_out"] else "")
-                    for p in picks
-                ]
-                picture = str(
-                    slot_attention_png(load_encoder(trained), picks, out / "slot_attention.png", titles)
-                )
-        per_seed[seed] = seed_out
+    for seed in seeds:
+        probes = prepared[seed][0]
+        per_seed[seed] = {"held_out": probes["held_out"], "twins": {
+            name: evaluate_run(jobs[name, seed], runs[jobs[name, seed]], probes) for name in MODELS}}  # fmt: skip
+    probes, first = prepared[seeds[0]][0], runs[jobs["SPARO-DINO", seeds[0]]]
+    picks = [
+        sorted((Path(probes["val"]) / c).glob("*.png"))[0]
+        for c in (probes["seen"][:2] + probes["held_out"][:2])
+    ]
+    titles = [p.parent.name.replace("_", " ") + (" (held-out)" if p.parent.name in probes["held_out"] else "")
+              for p in picks]  # fmt: skip
+    picture = slot_attention_png(
+        load_encoder(latest_checkpoint(first)), picks, out / "slot_attention.png", titles
+    )
     return {
         "budget": asdict(budget) | {"steps": budget.steps},
         "world": world.to_dict(),
         "seeds": per_seed,
         "comparison": compare_twins(per_seed),
-        "picture": picture,
+        "picture": str(picture),
         "seconds": time.perf_counter() - start,
+        "trainings": {"total": len(jobs), "trained_now": trained},
     }
 
 
@@ -365,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    budget = SMALL if args.small else Budget()
+    budget, measured_by = (SMALL, None) if args.small else load_budget()
     try:
         check_finite_numbers(args)
         for name in ("seeds", "epochs"):
@@ -382,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         budget = replace(budget, head_input=args.head_input)
     out = Path(args.out)
     try:
-        report = run(budget, out, args.seeds, WorldCfg(image_size=32), parallel=not args.one_at_a_time)
+        report = run(budget, out, list(range(args.seeds)), WORLD, parallel=not args.one_at_a_time)
     except (SparoClipError, RuntimeError, OSError) as e:  # a step failed: it said why above; say which
         print(f"sparo-dino quickstart: error: {one_line(e)}", file=sys.stderr)
         return 1
@@ -397,8 +485,15 @@ def main(argv: list[str] | None = None) -> int:
             img.write_bytes(Path(report["picture"]).read_bytes())
         b = report["budget"]
         block = (
+            f"The recipe: {'`' + measured_by + '`' if measured_by else 'the starting point (no search written)'}. "
             f"Measured by `python -m sparo_clip.dino.quickstart --write-docs` ({report['seconds'] / 60:.1f} min on "
-            f"{os.cpu_count()} CPU cores, the twins side by side): {args.seeds} seeds, each its own world; per twin "
+            f"{os.cpu_count()} CPU cores, two trainings at a time"
+            + (
+                f"; {t['total'] - t['trained_now']} of {t['total']} trainings reused from an earlier call"
+                if (t := report["trainings"])["trained_now"] < t["total"]
+                else ""
+            )  # fmt: skip
+            + f"): {args.seeds} seeds, each its own world; per twin "
             f"{b['steps']} steps of batch {b['batch']} (2 global + {b['local_crops']} local crops) on {b['train_images']} "
             f"shapes-world images, SPARO-DINO's head input `{b['head_input']}`; probes on {b['per_class']} training "
             "images per colour-shape class. Top-1 %, mean ± sd over seeds; the last row is SPARO − CLS, paired by "

@@ -1,0 +1,276 @@
+"""The tiny SPARO-DINO recipe, searched and measured: ``python -m benchmarks.dino_study``.
+
+1. **Search** (``--stage search``, on a world of its own, seed ``--tune-seed``, never one the quickstart or the
+   ablation uses): starting from :class:`sparo_clip.dino.quickstart.Budget`, one setting at a time
+   (:data:`AXES`: SPARO-DINO's head input, teacher momentum, teacher temperature, learning rate, prototypes K),
+   both twins trained with
+   each value and the value kept that gives the higher mean kNN top-1 of the two twins, among the values with
+   which both twins *learn* (:func:`learns`: no collapse warning; at the end the targets carry information and
+   spread over the prototypes). One seed per candidate: the search finds a recipe that works for both twins,
+   it does not rank them; the comparison is the quickstart's, over seeds.
+2. **Head input** (``--stage head-input``): SPARO-DINO with its slots entering the head with unit norm, scaled
+   to norm sqrt(L V), or through a LayerNorm, on ``--seeds`` worlds of their own (seeds 100, 101, ...), each
+   variant paired by seed with ``unit``. Rule, fixed before the runs: another input becomes the default only
+   if its kNN top-1 over all classes beats ``unit`` with a paired 95% t interval above 0.
+3. ``--write-recipe`` writes the chosen budget into ``sparo_clip/dino/recipe.json`` (what
+   ``python -m sparo_clip.dino.quickstart`` runs); ``--write-docs`` writes the search and the ablation into
+   docs/dino.md.
+
+Every training and every probe is cached under ``--out`` by its settings: the study is resumable and runs in
+parts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from sparo_clip.dino import quickstart as qs
+from sparo_clip.experiment.stats import t_interval
+
+_logger = logging.getLogger("benchmarks.dino_study")
+ROOT = Path(__file__).resolve().parents[1]
+AXES: tuple[tuple[str, tuple[Any, ...]], ...] = (
+    ("head_input", ("unit", "sqrt_dim", "layernorm")),  # SPARO-DINO only: CLS-DINO's runs are reused
+    ("momentum", (0.99, 0.98, 0.996)),
+    ("teacher_temp", (0.04, 0.07)),
+    ("lr", (2e-3, 1e-3, 4e-3)),
+    ("output_dim", (256, 1024)),
+)
+HEAD_INPUTS = ("unit", "sqrt_dim", "layernorm")
+SEARCH_BEGIN, SEARCH_END = "<!-- dino-recipe-search:begin -->", "<!-- dino-recipe-search:end -->"
+HEAD_BEGIN, HEAD_END = "<!-- dino-head-input:begin -->", "<!-- dino-head-input:end -->"
+MIN_INFORMATION = 0.1  # of log K: H(mean t) - H(t|x) at the end, the targets still tell images apart
+MIN_SPREAD = 0.5  # of log K: H(mean t) at the end, the batch still spreads over the prototypes
+
+
+def learns(diag: dict[str, Any]) -> bool:
+    """A run that learns: no collapse warning, and at its last logged step targets that carry information
+    (H(mean t) - H(t|x) >= 0.1 log K) and spread over the prototypes (H(mean t) >= 0.5 log K)."""
+    if diag["collapse_warnings"] or diag["h_target"] is None:
+        return False
+    log_k = diag["log_k"]
+    return (
+        diag["h_mean"] - diag["h_target"] >= MIN_INFORMATION * log_k and diag["h_mean"] >= MIN_SPREAD * log_k
+    )
+
+
+def _world(args: argparse.Namespace, budget: qs.Budget, seed: int) -> tuple[dict[str, Any], str]:
+    return qs.prepare_world(budget, Path(args.out), seed, qs.WORLD)
+
+
+def candidates(args: argparse.Namespace, budgets: list[qs.Budget]) -> list[dict[str, Any]]:
+    """Both twins under each budget on the tuning world (all trainings in one queue): probes, diagnostics and
+    whether both learn."""
+    probes, images = _world(args, budgets[0], args.tune_seed)
+    jobs = [[qs.Job(name, b, args.tune_seed, images) for name in qs.MODELS] for b in budgets]
+    unique = list(dict.fromkeys(job.folder(Path(args.out)) for group in jobs for job in group))
+    by_folder = {job.folder(Path(args.out)): job for group in jobs for job in group}
+    runs, _ = qs.train_jobs([by_folder[f] for f in unique], Path(args.out), parallel=True)
+    results = []
+    for group in jobs:
+        twins = {
+            job.name: qs.evaluate_run(job, runs[by_folder[job.folder(Path(args.out))]], probes)
+            for job in group
+        }
+        knn = {name: t["trained"]["knn"]["all"] for name, t in twins.items()}
+        results.append({
+            "twins": {name: {"knn": knn[name], "knn_init": t["init"]["knn"]["all"],
+                             "linear": t["trained"]["linear"]["all"], "learns": learns(t["diagnostics"]),
+                             "information": _information(t["diagnostics"]), "h_mean": t["diagnostics"]["h_mean"],
+                             "log_k": t["diagnostics"]["log_k"]}
+                      for name, t in twins.items()},
+            "score": sum(knn.values()) / len(knn),
+            "both_learn": all(learns(t["diagnostics"]) for t in twins.values()),
+        })  # fmt: skip
+    return results
+
+
+def _information(diag: dict[str, Any]) -> float | None:
+    return None if diag["h_target"] is None else diag["h_mean"] - diag["h_target"]
+
+
+def search(args: argparse.Namespace, start: qs.Budget) -> dict[str, Any]:
+    """One setting at a time, in :data:`AXES` order; each keeps its best value among those where both learn."""
+    current, steps = start, []
+    for field_name, values in AXES:
+        found = candidates(args, [replace(current, **{field_name: value}) for value in values])
+        results = dict(zip(values, found, strict=True))
+        for value in values:
+            _logger.info("%s = %s: %s", field_name, value, json.dumps(results[value]))
+        ok = [v for v in values if results[v]["both_learn"]]
+        best = max(
+            ok or values, key=lambda v: results[v]["score"]
+        )  # none learns: the best score, flagged below
+        steps.append({"field": field_name, "values": {str(v): results[v] for v in values}, "chosen": best,
+                      "start": getattr(current, field_name), "any_learns": bool(ok)})  # fmt: skip
+        current = replace(current, **{field_name: best})
+    return {"budget": asdict(current), "steps": steps, "tune_seed": args.tune_seed}
+
+
+def head_input(args: argparse.Namespace, budget: qs.Budget) -> dict[str, Any]:
+    """SPARO-DINO with each head input on ``--seeds`` worlds; each variant paired by seed with unit."""
+    seeds = [100 + i for i in range(args.seeds)]
+    prepared = {seed: _world(args, budget, seed) for seed in seeds}
+    jobs = {(v, seed): qs.Job("SPARO-DINO", replace(budget, head_input=v), seed, prepared[seed][1])
+            for v in HEAD_INPUTS for seed in seeds}  # fmt: skip
+    runs, _ = qs.train_jobs(list(jobs.values()), Path(args.out), parallel=True)
+    per: dict[str, dict[str, list[float]]] = {v: {} for v in HEAD_INPUTS}
+    learned: dict[str, list[bool]] = {v: [] for v in HEAD_INPUTS}
+    for (v, seed), job in jobs.items():
+        r = qs.evaluate_run(job, runs[job], prepared[seed][0])
+        for task in qs.PROBES:
+            for group in qs.GROUPS:
+                per[v].setdefault(f"{task} {group}", []).append(r["trained"][task][group])
+        learned[v].append(learns(r["diagnostics"]))
+    diffs = {}
+    for v in HEAD_INPUTS[1:]:
+        diffs[v] = {}
+        for key in per[v]:
+            iv = t_interval([b - a for a, b in zip(per["unit"][key], per[v][key], strict=True)])
+            diffs[v][key] = {"mean": iv.mean, "low": iv.low, "high": iv.high, "n": iv.n}
+    better = [v for v in HEAD_INPUTS[1:] if diffs[v]["knn all"]["low"] > 0]
+    chosen = max(better, key=lambda v: diffs[v]["knn all"]["mean"]) if better else "unit"
+    return {"seeds": seeds, "values": per, "learns": learned, "diff_vs_unit": diffs, "chosen": chosen,
+            "budget": asdict(budget)}  # fmt: skip
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def search_block(state: dict[str, Any], command: str) -> str:
+    s = state["search"]
+    lines = [
+        f"Written by `{command}` on the tuning world (seed {s['tune_seed']}, one seed per candidate; each "
+        "setting varied with the others at their current values, in this order). Score: mean kNN top-1 (k = 20, "
+        "all classes) of the two trained twins; a value is eligible only if both twins learn (no collapse "
+        f"warning; at the end H(mean t) - H(t|x) >= {MIN_INFORMATION} log K and H(mean t) >= {MIN_SPREAD} log K).",
+        "",
+        "| setting | value | CLS-DINO kNN (untrained) | SPARO-DINO kNN (untrained) | CLS / SPARO info. (nats) | both learn | chosen |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for step in s["steps"]:
+        for value, r in step["values"].items():
+            c, p = r["twins"]["CLS-DINO"], r["twins"]["SPARO-DINO"]
+            info = " / ".join("-" if t["information"] is None else f"{t['information']:.2f}" for t in (c, p))
+            chosen = "**yes**" if value == str(step["chosen"]) else ""
+            lines.append(
+                f"| {step['field']} | {value} | {_pct(c['knn'])} ({_pct(c['knn_init'])}) | "
+                f"{_pct(p['knn'])} ({_pct(p['knn_init'])}) | {info} | {'yes' if r['both_learn'] else 'no'} | {chosen} |"
+            )
+    if not all(step["any_learns"] for step in s["steps"]):
+        lines += ["", "For at least one setting no value let both twins learn; its best score was kept."]
+    b = s["budget"]
+    lines += ["", "Chosen: " + ", ".join(f"{k} {b[k]}" for k, _ in AXES) + "."]
+    return "\n".join(lines)
+
+
+def head_block(state: dict[str, Any], command: str) -> str:
+    h = state["head_input"]
+    lines = [
+        f"Written by `{command}`: SPARO-DINO with the searched recipe on {len(h['seeds'])} worlds of their own "
+        f"(seeds {', '.join(map(str, h['seeds']))}). Top-1 %, mean over seeds; the differences are each input "
+        "minus `unit`, paired by seed, with their 95% t intervals. The rule, fixed before the runs: another input "
+        "becomes the default only if its kNN top-1 over all classes beats `unit` with an interval above 0.",
+        "",
+        "| head input | kNN all | kNN held-out | linear all | linear held-out | runs that learn |",
+        "|---|---|---|---|---|---|",
+    ]
+    keys = ("knn all", "knn held_out", "linear all", "linear held_out")
+    for v in HEAD_INPUTS:
+        cells = []
+        for key in keys:
+            vals = h["values"][v][key]
+            cell = _pct(sum(vals) / len(vals))
+            if v != "unit":
+                d = h["diff_vs_unit"][v][key]
+                cell += f" ({100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}])"
+            cells.append(cell)
+        lines.append(
+            f"| `{v}` | " + " | ".join(cells) + f" | {sum(h['learns'][v])} of {len(h['learns'][v])} |"
+        )
+    lines += [
+        "",
+        f"Default: `{h['chosen']}`" + (" (no other input met the rule)." if h["chosen"] == "unit" else "."),
+    ]
+    return "\n".join(lines)
+
+
+def _fill(doc: Path, begin: str, end: str, block: str) -> None:
+    text = doc.read_text()
+    if begin not in text or end not in text:
+        raise ValueError(f"{doc}: no {begin} ... {end} block to fill")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{begin}\n{block}\n{end}{tail}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.dino_study", description=__doc__.split("\n")[0])
+    p.add_argument("--stage", choices=("search", "head-input", "all"), default="all")
+    p.add_argument("--seeds", type=int, default=3, help="worlds of the head-input ablation (seeds 100, ...)")
+    p.add_argument("--tune-seed", type=int, default=1000, help="the world the search uses")
+    p.add_argument("--out", default="runs/dino_study", help="the run cache")
+    p.add_argument("--write-recipe", action="store_true", help="write sparo_clip/dino/recipe.json")
+    p.add_argument(
+        "--write-docs", action="store_true", help="write the search and the ablation into docs/dino.md"
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[dino-study] %(message)s")
+    if args.seeds < 2:
+        print("dino-study: error: --seeds must be >= 2 (a paired interval needs two seeds)", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "study.json"
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    t = time.perf_counter()
+    if args.stage in ("search", "all"):
+        state["search"] = search(args, qs.Budget())
+    if args.stage in ("head-input", "all"):
+        if "search" not in state:
+            print(
+                "dino-study: error: run --stage search first (its choices are not in the cache)",
+                file=sys.stderr,
+            )
+            return 2
+        budget = qs.Budget(
+            **(state["search"]["budget"] | {"probe_args": tuple(state["search"]["budget"]["probe_args"])})
+        )
+        state["head_input"] = head_input(args, budget)
+    state["seconds_this_call"] = time.perf_counter() - t
+    state_path.write_text(json.dumps(state, indent=1) + "\n")
+    command = "python -m benchmarks.dino_study " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.write_recipe:
+        if "search" not in state or "head_input" not in state:
+            print("dino-study: error: --write-recipe needs both stages in the cache", file=sys.stderr)
+            return 2
+        budget = qs.Budget(**(state["search"]["budget"] | {"probe_args": tuple(state["search"]["budget"]["probe_args"]),
+                                                           "head_input": state["head_input"]["chosen"]}))  # fmt: skip
+        evidence = {"search": {k: v for k, v in state["search"].items() if k != "steps"},
+                    "head_input": {"chosen": state["head_input"]["chosen"],
+                                   "knn_all_vs_unit": {v: d["knn all"] for v, d in state["head_input"]["diff_vs_unit"].items()}}}  # fmt: skip
+        print(f"wrote {qs.write_budget(budget, command, evidence)}")
+    if args.write_docs:
+        doc = ROOT / "docs" / "dino.md"
+        if "search" in state:
+            _fill(doc, SEARCH_BEGIN, SEARCH_END, search_block(state, command))
+        if "head_input" in state:
+            _fill(doc, HEAD_BEGIN, HEAD_END, head_block(state, command))
+        print(f"wrote {doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
