@@ -43,6 +43,7 @@ from sparo_clip.dino.pictures import slot_attention_png
 from sparo_clip.dino.shapes import probe_sets
 from sparo_clip.errors import ConfigError, SparoClipError, one_line
 from sparo_clip.eval import cli as eval_cli
+from sparo_clip.experiment.runs import last_line
 from sparo_clip.experiment.stats import t_interval
 from sparo_clip.inputs import check_finite_numbers, check_writable_folder, load_json
 
@@ -222,12 +223,14 @@ def train_jobs(jobs: list[Job], out: Path, parallel: bool = True) -> tuple[dict[
         while queue or running:
             while queue and len(running) < slots:
                 job = queue.pop(0)
-                args = train_args(job.budget, job.model, job.images, runs[job], job.seed)
                 logger.info(
                     "%s seed %d: training %d steps (%s)", job.name, job.seed, job.budget.steps, runs[job]
                 )
-                running[job] = subprocess.Popen([sys.executable, "-m", "sparo_clip.dino.train", *args], env=env,
-                                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                # stderr goes to a file: a pipe nobody reads while the run goes on fills up and stops it
+                with open(_stderr_file(runs[job]), "w") as err:
+                    running[job] = subprocess.Popen(
+                        train_command(job, runs[job]), env=env, stdout=subprocess.DEVNULL, stderr=err
+                    )
             done = next((j for j, proc in running.items() if proc.poll() is not None), None)
             if done is None:
                 time.sleep(0.5)
@@ -239,11 +242,23 @@ def train_jobs(jobs: list[Job], out: Path, parallel: bool = True) -> tuple[dict[
     return runs, trained
 
 
+def train_command(job: Job, run: Path) -> list[str]:
+    """The command that trains one job into ``run``."""
+    args = train_args(job.budget, job.model, job.images, run, job.seed)
+    return [sys.executable, "-m", "sparo_clip.dino.train", *args]
+
+
+def _stderr_file(run: Path) -> Path:
+    """Beside the run folder (training checks what its --output holds before it starts)."""
+    run.parent.mkdir(parents=True, exist_ok=True)
+    return run.parent / f"{run.name}.stderr"
+
+
 def _finish(job: Job, proc: subprocess.Popen, run: Path) -> None:
-    _, err = proc.communicate()
+    proc.wait()
     if proc.returncode != 0:
-        last = [ln for ln in (err or "").splitlines() if ln.strip()][-1:] or ["no message"]
-        raise RuntimeError(f"training {job.name} seed {job.seed} failed ({last[0]}); see {run}")
+        err = _stderr_file(run)
+        raise RuntimeError(f"training {job.name} seed {job.seed} failed ({last_line(err)}); see {err}")
     (run / "done.json").write_text(json.dumps(asdict(job.budget)) + "\n")
 
 

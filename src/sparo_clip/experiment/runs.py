@@ -201,21 +201,40 @@ def _start(name: str, cfg: TrainCfg, data: dict[str, Any], logs: Path) -> tuple[
     cmd = train_command(cfg, name, data, logs.resolve())
     env = dict(os.environ, OMP_NUM_THREADS=str(cfg.threads or os.cpu_count() or 1))
     _logger.info("%s: training %s for %d epochs: %s", name, cfg.model, cfg.epochs, " ".join(cmd))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # stderr goes to a file: a pipe nobody reads while the run goes on fills up and stops the training
+    with open(_stderr_file(logs, name), "w") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
     return proc, time.perf_counter()
+
+
+def _stderr_file(logs: Path, name: str) -> Path:
+    """Beside the run folder (open_clip_train refuses a run folder that exists before it starts)."""
+    logs.mkdir(parents=True, exist_ok=True)
+    return logs / f"{name}.stderr"
+
+
+def last_line(path: Path) -> str:
+    """The last non-empty line of a log file (progress bars' carriage returns split lines), or a placeholder."""
+    try:
+        text = path.read_text(errors="replace").replace("\r", "\n")
+    except OSError:
+        return "no message"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else "no message"
 
 
 def _collect(
     name: str, cfg: TrainCfg, data: dict[str, Any], started: tuple[subprocess.Popen, float], run: Path
 ) -> dict[str, Any]:
     proc, t0 = started
-    _, err = proc.communicate()
+    proc.wait()
     seconds = time.perf_counter() - t0
     ckpt = run / "checkpoints" / f"epoch_{cfg.epochs}.pt"
     if proc.returncode != 0 or not ckpt.is_file():
-        last = [ln for ln in (err or "").splitlines() if ln.strip()][-1:] or ["no message"]
+        err = _stderr_file(run.parent, name)
         raise RuntimeError(
-            f"training {cfg.model} ({name}) failed with exit code {proc.returncode}: {last[0]} (see {run / 'out.log'})"
+            f"training {cfg.model} ({name}) failed with exit code {proc.returncode}: {last_line(err)} (see {err} "
+            f"and {run / 'out.log'})"
         )
     record = {
         "settings": asdict(cfg) | {"world": data["settings"]},

@@ -1,0 +1,69 @@
+"""The training queues of the main jobs (CLIP: sparo_clip.experiment.runs; DINO: sparo_clip.dino.quickstart):
+a training that writes a lot to stderr never stalls the queue, and a failed one is one line naming its log."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from sparo_clip.dino import quickstart as qs
+from sparo_clip.experiment import runs
+
+LOUD = 1 << 20  # 1 MiB of stderr: 16 times what a pipe holds before its writer blocks
+
+
+def _script(body: str) -> list[str]:
+    return [sys.executable, "-c", body]
+
+
+def _clip_fake(fail: bool):
+    def command(cfg, name, data, logs):
+        ckpt = Path(logs) / name / "checkpoints" / f"epoch_{cfg.epochs}.pt"
+        body = (
+            "import sys, pathlib\n"
+            f"for _ in range({LOUD // 1024}): sys.stderr.write('x' * 1023 + '\\n')\n"
+            f"p = pathlib.Path({str(ckpt)!r}); p.parent.mkdir(parents=True); p.write_bytes(b'w')\n"
+            + ("sys.stderr.write('loss is nan at step 3\\n'); sys.exit(3)\n" if fail else "")
+        )
+        return _script(body)
+
+    return command
+
+
+@pytest.mark.timeout(60)
+def test_clip_queue_survives_a_training_that_fills_stderr(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "train_command", _clip_fake(fail=False))
+    data = {"settings": {"seed": 0}, "train": {"num_samples": 256}}
+    cfgs = {f"run{i}": (runs.TrainCfg("tiny-CLIP", 1, 128, 1e-3, 0.1, 1, i, 1), data) for i in range(3)}
+    records = runs.train_runs(cfgs, tmp_path, slots=2)
+    assert set(records) == set(cfgs) and all(Path(r["checkpoint"]).is_file() for r in records.values())
+    assert (tmp_path / "logs" / "run0.stderr").stat().st_size >= LOUD  # kept, beside the run folder
+
+
+@pytest.mark.timeout(60)
+def test_clip_queue_names_the_failure_and_its_log(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "train_command", _clip_fake(fail=True))
+    data = {"settings": {"seed": 0}, "train": {"num_samples": 256}}
+    with pytest.raises(RuntimeError, match=r"exit code 3: loss is nan at step 3 \(see .*run0\.stderr"):
+        runs.train_runs({"run0": (runs.TrainCfg("tiny-CLIP", 1, 128, 1e-3, 0.1, 1, 0, 1), data)}, tmp_path)
+
+
+@pytest.mark.timeout(60)
+def test_dino_queue_survives_a_training_that_fills_stderr_and_names_a_failure(tmp_path, monkeypatch):
+    def command(job, run):
+        body = (
+            f"import pathlib, sys\npathlib.Path({str(run)!r}).mkdir(parents=True)\n"
+            f"for _ in range({LOUD // 1024}): sys.stderr.write('\\r' + 'x' * 1022)\n"
+            + ("sys.stderr.write('\\rboom\\n'); sys.exit(1)\n" if job.seed == 9 else "")
+        )
+        return _script(body)
+
+    monkeypatch.setattr(qs, "train_command", command)
+    jobs = [qs.Job(name, qs.SMALL, seed, "images") for seed in (0, 1) for name in qs.MODELS]
+    folders, trained = qs.train_jobs(jobs, tmp_path)
+    assert trained == 4 and all((f / "done.json").is_file() for f in folders.values())
+    assert qs.train_jobs(jobs, tmp_path) == (folders, 0)  # finished runs are reused
+    with pytest.raises(RuntimeError, match=r"training CLS-DINO seed 9 failed \(boom\); see .*\.stderr"):
+        qs.train_jobs([qs.Job("CLS-DINO", qs.SMALL, 9, "images")], tmp_path)
