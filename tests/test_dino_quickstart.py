@@ -23,7 +23,9 @@ def test_quickstart_small_reports_both_twins_over_seeds_with_paired_intervals(tm
             for weights in ("trained", "init"):
                 for task in quickstart.PROBES:
                     row = twin[weights][task]
-                    assert 0.0 <= row["all"] <= 1.0 and row["seen"] is not None and row["held_out"] is not None
+                    assert (
+                        0.0 <= row["all"] <= 1.0 and row["seen"] is not None and row["held_out"] is not None
+                    )
             diag = twin["diagnostics"]
             assert diag["h_target"] is not None and 0 <= diag["h_target"] <= diag["log_k"] + 1e-6
     for key in ("knn all", "linear held_out"):
