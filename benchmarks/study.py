@@ -65,10 +65,9 @@ def _sparo_shape() -> tuple[int, int]:
 def tuning_run(
     label: str, lr: float, shape: tuple[int, int] | None, args: argparse.Namespace, base: recipe_mod.Recipe
 ) -> tuple[str, TrainCfg]:
-    """One tuning run's name and settings at ``--epochs`` on the tuning world: the learning-rate grid's runs
-    (``shape`` None: the configured model) and the slot shapes' (the configured shape is the grid's run)."""
-    if shape is not None and shape == _sparo_shape():
-        shape = None
+    """One tuning run's name and settings at ``--epochs`` on the tuning world. A SPARO run always names its slot
+    shape and passes it explicitly (``shape``; CLIP: None), so a cached run stays what its name says when
+    tiny-SPARO.json's shape changes; the configured shape's learning-rate runs are the slot grid's."""
     name = f"{label}-lr{lr:g}" if shape is None else f"{label}-{shape[0]}x{shape[1]}-lr{lr:g}"
     cfg = TrainCfg(MODELS[label], args.epochs, base.batch_size, lr, base.wd, base.warmup, args.tune_seed,
                    args.threads, slot_override(shape) if shape is not None else None)  # fmt: skip
@@ -118,9 +117,8 @@ def tune(args: argparse.Namespace, base: recipe_mod.Recipe) -> dict[str, Any]:
     the chosen shape when it is not the configured one, all on the tuning world's validation."""
     data = world_for(args.tune_seed, args.data, base.world, base.sizes())
     out = Path(args.out) / "tune"
-    chosen, scores = bracket(
-        args, base, data, dict.fromkeys(MODELS), {label: list(args.lrs) for label in MODELS}
-    )
+    configured = {label: (_sparo_shape() if label == "SPARO" else None) for label in MODELS}
+    chosen, scores = bracket(args, base, data, configured, {label: list(args.lrs) for label in MODELS})
     tables = {label: {f"{lr:g}": v for lr, v in sorted(scores[label].items())} for label in MODELS}
     # the configured shape's run is the learning-rate grid's: train_runs reuses it
     shape_runs = dict(tuning_run("SPARO", chosen["SPARO"], shape, args, base) for shape in SLOT_SHAPES)
@@ -136,7 +134,7 @@ def tune(args: argparse.Namespace, base: recipe_mod.Recipe) -> dict[str, Any]:
         chosen["SPARO"] = again["SPARO"]
         tables[f"SPARO {best_shape}"] = {f"{lr:g}": v for lr, v in sorted(rescored["SPARO"].items())}
     return {"lr": chosen, "lr_scores": tables, "slot_shape": best_shape, "slot_scores": shapes,
-            "tune_seed": args.tune_seed}  # fmt: skip
+            "tune_seed": args.tune_seed, "epochs": args.epochs}  # fmt: skip
 
 
 def plateau_evidence(

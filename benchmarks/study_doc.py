@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sparo_clip.experiment.metrics import BY_LABEL, PRIMARY, SECONDARY
-from sparo_clip.experiment.stats import PLATEAU_TOLERANCE, PLATEAU_WINDOW
+from sparo_clip.experiment.stats import PLATEAU_TOLERANCE, PLATEAU_WINDOW, plateau
 
 CURVE_BEGIN, CURVE_END = "<!-- plateau-curve:begin -->", "<!-- plateau-curve:end -->"
 PAPER_SCALE = (
@@ -73,6 +73,14 @@ def write_quickstart_curve(evidence: dict[str, Any], args: Any, doc: Path) -> No
                 f"| tiny-{label}, {epochs} epochs | {run['final']:.3f} | {run['gain']:+.3f} | "
                 f"{'flat' if run['flat'] else 'still rising'} |"
             )
+    runs = {name: run for name, run in evidence.items() if isinstance(run, dict) and "curve" in run}
+    for epochs in (args.epochs, 2 * args.epochs):
+        at = [run for name, run in runs.items() if name.endswith(f"-e{epochs}")]
+        lines.append("")
+        lines.append(
+            f"At {epochs} epochs {sum(r['flat'] for r in at)} of {len(at)} runs meet the plateau rule"
+            + (" (the default budget)." if epochs == args.epochs else ".")
+        )
     _replace_block(doc, CURVE_BEGIN, CURVE_END, "\n".join(lines))
 
 
@@ -106,11 +114,26 @@ def verdict(d: dict[str, Any]) -> str:
     return "no difference detected"
 
 
+def _flat_counts(curves: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, tuple[int, int]]:
+    """Per model: how many seeds' validation curves meet the plateau rule, of how many judged."""
+    out: dict[str, list[int]] = {}
+    for per_model in curves.values():
+        for label, curve in per_model.items():
+            values = [p["val_r1"] for p in curve]
+            if len(values) >= 3:
+                out.setdefault(label, [0, 0])
+                out[label][0] += int(plateau(values).flat)
+                out[label][1] += 1
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
 def write_study_doc(state: dict[str, Any], path: Path) -> None:
     """docs/study.md: what was run, the tuning, the plateau, the comparison per budget, a plain conclusion."""
     s, tuning, compare = state["settings"], state["tuning"], state["compare"]
     budgets = sorted(compare, key=int)
-    final = str(s["epochs"])
+    final = budgets[-1]  # the longest budget: the one closest to where both models stop improving
+    default = str(state["recipe"]["epochs"])
+    tuned_at = tuning.get("epochs", state["recipe"]["epochs"])
     lines = [
         "# The study: tiny-SPARO vs tiny-CLIP over seeds, held-out splits and budgets",
         "",
@@ -123,10 +146,11 @@ def write_study_doc(state: dict[str, Any], path: Path) -> None:
         "train on the same world with the same seed, so differences are paired by seed.",
         "- Budgets: "
         + ", ".join(f"{b} epochs ({compare[b]['steps']} steps)" for b in budgets)
-        + f"; {final} epochs "
-        "is the main job's default (its plateau: docs/quickstart.md).",
-        f"- Tuning on a world of its own (seed {tuning['tune_seed']}), at {final} epochs, on the validation pairs "
-        "only (final validation R@1): learning rates "
+        + f"; the main job's default is {default} epochs (its curves: docs/quickstart.md). Each budget's section "
+        "says how many runs met the plateau rule; a budget where they did not measures how fast each model "
+        "learns as much as what it learns.",
+        f"- Tuning on a world of its own (seed {tuning['tune_seed']}), at {tuned_at} epochs, on the validation "
+        "pairs only (final validation R@1): learning rates "
         + "; ".join(
             f"tiny-{m}"
             + (" (at the chosen slot shape)" if " " in m else "")
@@ -137,7 +161,12 @@ def write_study_doc(state: dict[str, Any], path: Path) -> None:
         + f" (chosen: {', '.join(f'tiny-{m} {lr:g}' for m, lr in tuning['lr'].items())}; a grid is extended by 2x "
         "past a winning edge, so the choice is bracketed); SPARO slot shapes "
         + ", ".join(f"{k} → {_f(v)}" for k, v in tuning["slot_scores"].items())
-        + f" (chosen: {tuning['slot_shape']}).",
+        + f" (chosen: {tuning['slot_shape']})."
+        + (
+            f" Budgets other than {tuned_at} epochs reuse these choices without tuning again."
+            if any(int(b) != int(tuned_at) for b in budgets)
+            else ""
+        ),
         "- Primary metrics, named before any run (docs/evaluation.md): "
         + " and ".join(f"**{m}**" for m in PRIMARY)
         + f". The {len(SECONDARY)} secondary metrics get Holm's correction; best HM is an oracle.",
@@ -152,6 +181,15 @@ def write_study_doc(state: dict[str, Any], path: Path) -> None:
             "| metric | tiny-CLIP (mean ± sd) | tiny-SPARO (mean ± sd) | SPARO − CLIP [95%] | p | p, Holm | reading |",
             "|---|---|---|---|---|---|---|",
         ]
+        flat = _flat_counts(compare[b].get("curves", {}))
+        plateau_line = (
+            "Plateau rule on the validation curves: "
+            + ", ".join(f"tiny-{m} flat in {k} of {n} seeds" for m, (k, n) in sorted(flat.items()))
+            + "."
+            if flat
+            else "Plateau rule: too few epochs to judge (it needs 3 evaluations)."
+        )
+        lines[-2:-2] = [plateau_line, ""]
         for label in (*PRIMARY, *SECONDARY):
             c = comp[label]
             name = (
@@ -171,7 +209,7 @@ def write_study_doc(state: dict[str, Any], path: Path) -> None:
     lines += [
         "## What the numbers say",
         "",
-        f"At the main job's budget ({final} epochs, {s['seeds']} seeds), on the primary metrics: "
+        f"At the longest budget ({final} epochs, {s['seeds']} seeds), on the primary metrics: "
         + "; ".join(readings)
         + ". "
         + (
@@ -182,6 +220,20 @@ def write_study_doc(state: dict[str, Any], path: Path) -> None:
             else "No secondary metric differs after Holm's correction."
         ),
         "",
+        *(
+            [
+                f"At the main job's budget ({default} epochs): "
+                + "; ".join(
+                    f"{m}: {verdict(compare[default]['comparison'][m]['diff'])} "
+                    f"({_interval(compare[default]['comparison'][m]['diff'])})"
+                    for m in PRIMARY
+                )
+                + ".",
+                "",
+            ]
+            if default in compare and default != final
+            else []
+        ),
         f"{PAPER_SCALE}: this study trains tiny towers on {state['recipe']['world']['image_size']}-pixel synthetic "
         "scenes for minutes on CPU cores.",
         "",

@@ -67,3 +67,25 @@ def test_dino_queue_survives_a_training_that_fills_stderr_and_names_a_failure(tm
     assert qs.train_jobs(jobs, tmp_path) == (folders, 0)  # finished runs are reused
     with pytest.raises(RuntimeError, match=r"training CLS-DINO seed 9 failed \(boom\); see .*\.stderr"):
         qs.train_jobs([qs.Job("CLS-DINO", qs.SMALL, 9, "images")], tmp_path)
+
+
+def test_a_finished_run_is_reused_only_if_its_recorded_model_is_the_one_its_name_builds_today(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from sparo_clip.models.builder import resolve_model_config
+
+    cfg = runs.TrainCfg("tiny-SPARO", epochs=1, lr=1e-3, seed=0)
+    settings = asdict(cfg) | {"world": {"seed": 0}}
+    run = tmp_path / "SPARO-seed0"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "epoch_1.pt"
+    ckpt.write_bytes(b"w")
+    (run / "run.json").write_text(json.dumps({"settings": settings, "checkpoint": str(ckpt)}))
+    today = resolve_model_config("tiny-SPARO", None)
+    (run / "model_config.json").write_text(json.dumps({"model_cfg": today}))
+    assert runs._finished(run, settings) is not None
+    earlier = json.loads(json.dumps(today))  # the same name, trained when its config had another slot shape
+    earlier["sparo_cfg"]["num_slots"] *= 2
+    (run / "model_config.json").write_text(json.dumps({"model_cfg": earlier}))
+    assert runs._finished(run, settings) is None

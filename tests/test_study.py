@@ -82,8 +82,11 @@ def sandbox(tmp_path, monkeypatch):
     return fake, root, tmp_path
 
 
-def test_tuning_brackets_each_learning_rate_and_chooses_the_slot_shape_on_validation(sandbox):
+def test_tuning_brackets_each_learning_rate_and_chooses_the_slot_shape_on_validation(sandbox, monkeypatch):
     fake, root, tmp = sandbox
+    monkeypatch.setattr(
+        study, "_sparo_shape", lambda: (4, 64)
+    )  # the configured shape, whatever the file says
     argv = ["--stage", "tune", "--epochs", "4", "--out", str(tmp / "runs"), "--data", str(tmp / "data")]
     assert study.main(argv) == 0
     tuning = json.loads((tmp / "runs" / "study.json").read_text())["tuning"]
@@ -93,7 +96,9 @@ def test_tuning_brackets_each_learning_rate_and_chooses_the_slot_shape_on_valida
     )  # extended, bracketed
     assert set(tuning["lr_scores"]["CLIP"]) == {"0.0005", "0.001", "0.002", "0.004"}  # its edge, bracketed
     assert tuning["slot_shape"] == "8x32"
-    shapes = [label for label, cfg in fake.trained if cfg.override]
+    sparo = [(label, cfg) for label, cfg in fake.trained if cfg.model == "tiny-SPARO"]
+    assert all(cfg.override for _, cfg in sparo)  # every SPARO run names its shape and passes it explicitly
+    shapes = [label for label, _ in sparo if not label.startswith("SPARO-4x64-")]
     # 4x64, the configured shape, is the grid's run; at 8x32, the chosen shape, the learning rate is bracketed again
     # (the fake trains every run it is given; the real train_runs reuses a name it has finished)
     assert list(dict.fromkeys(shapes)) == ["SPARO-8x32-lr0.008-seed1000", "SPARO-16x16-lr0.008-seed1000",
@@ -152,5 +157,22 @@ def test_comparison_over_seeds_and_budgets_writes_a_plain_conclusion(sandbox):
     doc = (root / "docs" / "study.md").read_text()
     assert "SPARO ahead" in doc and "no difference detected" in doc  # retrieval is equal for both
     assert "3 seeds" in doc and "paired t" in doc and f"{recipe_mod.WORLD['image_size']}-pixel" in doc
+    assert "tiny-CLIP flat in 3 of 3 seeds" in doc and "too few epochs to judge" in doc  # 6 and 2 epochs
     seeds = {cfg.seed for _, cfg in fake.trained}
     assert seeds == {0, 1, 2}
+
+
+def test_comparison_past_the_main_jobs_budget_says_which_budget_each_reading_is_at(sandbox):
+    fake, root, tmp = sandbox
+    recipe_mod.write(recipe_mod.Recipe(epochs=3, lr={"CLIP": 1e-3, "SPARO": 1e-3}))
+    argv = ["--stage", "compare", "--seeds", "2", "--epochs", "6", "--short-epochs", "3", "--out", str(tmp / "runs"),
+            "--data", str(tmp / "data"), "--write-docs"]  # fmt: skip
+    (tmp / "runs").mkdir()
+    (tmp / "runs" / "study.json").write_text(json.dumps({"tuning": {"lr": {"CLIP": 1e-3, "SPARO": 1e-3},
+        "lr_scores": {"CLIP": {"0.001": 0.6}, "SPARO": {"0.001": 0.6}}, "slot_shape": "4x64",
+        "slot_scores": {"4x64": 0.6}, "tune_seed": 1000, "epochs": 3}}))  # fmt: skip
+    assert study.main(argv) == 0
+    doc = (root / "docs" / "study.md").read_text()
+    assert "the main job's default is 3 epochs" in doc and "at 3 epochs, on the validation" in doc
+    assert "Budgets other than 3 epochs reuse these choices without tuning again" in doc
+    assert "At the longest budget (6 epochs, 2 seeds)" in doc and "At the main job's budget (3 epochs)" in doc

@@ -1,4 +1,5 @@
-"""The main job on one CPU machine: tiny SPARO and its CLIP twin, trained to a plateau and compared over seeds.
+"""The main job on one CPU machine: tiny SPARO and its CLIP twin, trained for the recipe's budget and compared
+over seeds.
 
 ``./scripts/quickstart.sh [--seeds N]`` runs ``python -m sparo_clip.quickstart``. For every seed:
 

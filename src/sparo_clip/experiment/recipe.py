@@ -1,8 +1,8 @@
 """The main job's recipe: the world and its sizes (design choices, here), and what was measured to choose the
-rest: the training budget (trained to a plateau), each model's learning rate and the SPARO slot shape (chosen
-on validation). The measured part lives in ``recipe.json`` beside this module, written only by
-``python -m benchmarks.study --write-recipe`` from its runs (docs/study.md shows them), never by hand; the
-chosen slot shape is also written into ``tiny-SPARO.json``.
+rest: the training budget (its curves and the plateau rule's verdict: docs/quickstart.md), each model's
+learning rate and the SPARO slot shape (chosen on validation). The measured part lives in ``recipe.json``
+beside this module, written only by ``python -m benchmarks.study --write-recipe`` from its runs (docs/study.md
+shows them), never by hand; the chosen slot shape is also written into ``tiny-SPARO.json``.
 """
 
 from __future__ import annotations

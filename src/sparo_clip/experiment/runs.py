@@ -144,12 +144,18 @@ def validation_curve(run: Path, data: dict[str, Any], batch_size: int) -> list[d
 
 
 def _finished(run: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
-    stamp = run / "run.json"
-    if stamp.is_file():
-        record = json.loads(stamp.read_text())
-        if record.get("settings") == settings and Path(record["checkpoint"]).is_file():
-            return record
-    return None
+    """A finished run with these settings whose recorded model is the one these settings build today (a model
+    name names whatever its config file says now: a run of an earlier tiny-SPARO shape is not reused)."""
+    from sparo_clip.models.builder import resolve_model_config
+
+    stamp, recorded = run / "run.json", run / "model_config.json"
+    if not (stamp.is_file() and recorded.is_file()):
+        return None
+    record = json.loads(stamp.read_text())
+    if record.get("settings") != settings or not Path(record["checkpoint"]).is_file():
+        return None
+    built = json.loads(json.dumps(resolve_model_config(settings["model"], settings.get("override"))))
+    return record if json.loads(recorded.read_text()).get("model_cfg") == built else None
 
 
 def train_runs(
