@@ -103,9 +103,10 @@ def test_vit_s_students_use_drop_path_and_teachers_do_not():
 
 @pytest.mark.slow  # about a minute: a real tiny run
 def test_tiny_recipe_gives_targets_that_tell_images_apart(tmp_path):
-    """A short seeded run of the quickstart's tiny recipe (recipe.json's settings on fewer images): the
-    teacher's per-image targets end clearly sharper than their batch mean (no uniform collapse) and the batch
-    still spreads over prototypes (no one-prototype collapse)."""
+    """A short seeded run of the searched recipe (recipe.json) on fewer images: H(t|x) ends below H(mean t), the
+    targets tell images apart (no uniform collapse), and the batch still spreads over prototypes (no
+    one-prototype collapse). 100 steps of its slow teacher (momentum 0.996) open a gap of a few tenths of a nat;
+    the main job's 1280 steps, about 1 nat (docs/dino.md)."""
     from dataclasses import replace
 
     from sparo_clip.data.generate import generate
@@ -117,7 +118,7 @@ def test_tiny_recipe_gives_targets_that_tell_images_apart(tmp_path):
                     sugarcrepe_val_per_task=4, binding_per_group=2)  # fmt: skip
     generate(tmp_path / "world", WorldCfg(image_size=32), sizes)
     folder = _training_folder(tmp_path / "world", tmp_path / "images")
-    budget = replace(load_budget()[0], train_images=320, epochs=10, batch=32)  # the searched recipe, shorter
+    budget = replace(load_budget()[0], train_images=320, epochs=10, batch=32)
     args = train_args(budget, "tiny_sparo_dino", folder, tmp_path / "run", seed=0)
     args[args.index("--log-every") + 1] = "4"
     run = subprocess.run([sys.executable, "-m", "sparo_clip.dino.train", *args], capture_output=True, text=True,
@@ -125,7 +126,7 @@ def test_tiny_recipe_gives_targets_that_tell_images_apart(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     last = rows[-1]
-    assert last["h_target"] < last["h_mean"] - 0.5, last
+    assert last["h_target"] < last["h_mean"] - 0.1, last
     assert last["h_mean"] > 0.5 * last["log_k"], last
     assert not any("collapse_warning" in r for r in rows)
     assert math.isfinite(last["loss"])
