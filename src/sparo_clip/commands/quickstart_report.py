@@ -5,6 +5,7 @@ job's summary (the eval commands' outputs and the statistics of :mod:`sparo_clip
 from __future__ import annotations
 
 import math
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -285,6 +286,17 @@ def write_report(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+SETUP_ENV = "SPARO_CLIP_SETUP_SECONDS"  # set by scripts/quickstart.sh: how long its ./scripts/setup.sh took
+
+
+def _setup_seconds() -> float | None:
+    try:
+        value = float(os.environ[SETUP_ENV])
+    except (KeyError, ValueError):
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
 def write_docs(summary: dict[str, Any], seconds: float, path: Path = DOCS) -> None:
     """Fill the measured time of a default run into docs/quickstart.md between its markers."""
     runs = [run for r in summary["seeds"].values() for run in r["runs"].values()]
@@ -294,8 +306,16 @@ def write_docs(summary: dict[str, Any], seconds: float, path: Path = DOCS) -> No
         f"{summary['epochs']} epochs ({runs[0]['steps']} steps) each; training "
         f"{min(r['seconds'] for r in runs):.0f}-{max(r['seconds'] for r in runs):.0f} s per run (two at a time); the "
         f"whole job (worlds, training, evaluation, controls, slot selection, report) {seconds:.0f} s "
-        f"({seconds / 60:.1f} min) once `.venv` exists.\n"
+        f"({seconds / 60:.1f} min) once `.venv` exists"
     )
+    setup = _setup_seconds()
+    if setup is not None:  # ./scripts/quickstart.sh timed its set-up step and passed it on
+        total = setup + seconds
+        text += (
+            f"; `./scripts/setup.sh` before it took {setup:.0f} s, so `./scripts/quickstart.sh` took {total:.0f} s "
+            f"({total / 60:.1f} min) in all"
+        )
+    text += ".\n"
     _fill(path, BEGIN, END, text)
     _fill(path, MODELS_BEGIN, MODELS_END, models_table(summary))
 
