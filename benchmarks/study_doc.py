@@ -198,12 +198,16 @@ def write_study_doc(state: dict[str, Any], path: Path) -> None:
                 else label + (" *(oracle)*" if BY_LABEL[label].oracle else "")
             )
             holm = "primary" if c["p_holm"] is None else _f(c["p_holm"])
+            reading = verdict(c["diff"])
+            if c["p_holm"] is not None and not c["p_holm"] < 0.05 and reading.endswith("ahead"):
+                reading = "no difference after Holm"  # a secondary metric reads by its corrected p
             lines.append(
                 f"| {name} | {_ms(c['a'])} | {_ms(c['b'])} | {_interval(c['diff'])} | {_f(c['p'])} | {holm} | "
-                f"{verdict(c['diff'])} |"
+                f"{reading} |"
             )
         lines.append("")
     comp = compare[final]["comparison"]
+    final_flat = _flat_counts(compare[final].get("curves", {}))
     readings = [f"{m}: {verdict(comp[m]['diff'])} ({_interval(comp[m]['diff'])})" for m in PRIMARY]
     ahead = [m for m in SECONDARY if comp[m]["p_holm"] is not None and comp[m]["p_holm"] < 0.05]
     lines += [
@@ -232,6 +236,16 @@ def write_study_doc(state: dict[str, Any], path: Path) -> None:
                 "",
             ]
             if default in compare and default != final
+            else []
+        ),
+        *(
+            [
+                f"Not every run at {final} epochs met the plateau rule ("
+                + ", ".join(f"tiny-{m} {k} of {n}" for m, (k, n) in sorted(final_flat.items()))
+                + "): the models were still improving, and these differences may change with longer training.",
+                "",
+            ]
+            if any(k < n for k, n in final_flat.values())
             else []
         ),
         f"{PAPER_SCALE}: this study trains tiny towers on {state['recipe']['world']['image_size']}-pixel synthetic "

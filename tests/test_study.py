@@ -158,6 +158,7 @@ def test_comparison_over_seeds_and_budgets_writes_a_plain_conclusion(sandbox):
     assert "SPARO ahead" in doc and "no difference detected" in doc  # retrieval is equal for both
     assert "3 seeds" in doc and "paired t" in doc and f"{recipe_mod.WORLD['image_size']}-pixel" in doc
     assert "tiny-CLIP flat in 3 of 3 seeds" in doc and "too few epochs to judge" in doc  # 6 and 2 epochs
+    assert "may change with longer training" not in doc  # every run at the longest budget met the rule
     seeds = {cfg.seed for _, cfg in fake.trained}
     assert seeds == {0, 1, 2}
 
@@ -176,3 +177,30 @@ def test_comparison_past_the_main_jobs_budget_says_which_budget_each_reading_is_
     assert "the main job's default is 3 epochs" in doc and "at 3 epochs, on the validation" in doc
     assert "Budgets other than 3 epochs reuse these choices without tuning again" in doc
     assert "At the longest budget (6 epochs, 2 seeds)" in doc and "At the main job's budget (3 epochs)" in doc
+
+
+def test_a_secondary_metric_reads_by_its_holm_corrected_p():
+    from benchmarks.study_doc import write_study_doc
+
+    row = {
+        "a": [0.1, 0.2],
+        "b": [0.3, 0.4],
+        "p": 0.01,
+        "diff": {"mean": 0.2, "low": 0.1, "high": 0.3, "n": 2},
+    }
+    comparison = {m: dict(row, p_holm=None) for m in PRIMARY} | {m: dict(row, p_holm=0.2) for m in SECONDARY}
+    comparison[SECONDARY[0]] = dict(row, p_holm=0.01)
+    state = {"settings": {"command": "c", "machine": "m", "seeds": 2, "epochs": 6},
+             "tuning": {"lr_scores": {}, "lr": {}, "slot_scores": {}, "slot_shape": "8x32", "tune_seed": 1000},
+             "recipe": {"epochs": 6, "world": {"image_size": 48}},
+             "compare": {"6": {"comparison": comparison, "steps": 60, "curves": {}}}}  # fmt: skip
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "study.md"
+        write_study_doc(state, path)
+        doc = path.read_text()
+    rows = {line.split(" | ")[0].strip("| *"): line for line in doc.splitlines() if line.startswith("| ")}
+    assert rows[SECONDARY[0]].endswith("SPARO ahead |")  # corrected p below 0.05
+    assert all(rows[m].endswith("no difference after Holm |") for m in SECONDARY[1:] if m in rows)
+    assert all(rows[m].endswith("SPARO ahead |") for m in PRIMARY)
