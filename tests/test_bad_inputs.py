@@ -270,8 +270,8 @@ def rows(tmp_path_factory) -> dict[str, Row]:
             "cannot be created"),
         Row("dino-quickstart-out-under-file", module("sparo_clip.dino.quickstart", "--out", str(afile / "q")), 2,
             "cannot be created"),
-        Row("dino-quickstart-steps", sparo_dino("quickstart", "--steps", "7", "--out", str(out / "q")), 2,
-            "--steps must be a positive multiple", [out / "q"]),
+        Row("dino-quickstart-seeds", sparo_dino("quickstart", "--seeds", "0", "--out", str(out / "q")), 2,
+            "--seeds 0 is not valid: expected a positive integer", [out / "q"]),
     ]  # fmt: skip
     assert len({row.name for row in r}) == len(r)
     return {row.name: row for row in r}
@@ -347,7 +347,7 @@ NAMES = [
     "dino-teacher-temp-inf", "dino-overrides-nan", "dino-absurd-size", "dino-output-other-config",
     "dino-resume-other-model", "dino-resume-clip-file", "dino-resume-unreadable", "dino-resume-none-over-run", "dino-resume-older-step",
     "dino-output-under-file", "dino-shards-no-images", "quickstart-seeds-zero", "quickstart-epochs-zero",
-    "quickstart-out-under-file", "dino-quickstart-out-under-file", "dino-quickstart-steps",
+    "quickstart-out-under-file", "dino-quickstart-out-under-file", "dino-quickstart-seeds",
 ]  # fmt: skip
 
 
