@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from sparo_clip.commands.quickstart_report import mean_sd
 from sparo_clip.experiment.metrics import BY_LABEL, PRIMARY, SECONDARY
 from sparo_clip.experiment.stats import PLATEAU_TOLERANCE, PLATEAU_WINDOW, plateau
 
@@ -86,15 +87,6 @@ def write_quickstart_curve(evidence: dict[str, Any], args: Any, doc: Path) -> No
 
 def _f(x: Any) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
-
-
-def _ms(values: list[float]) -> str:
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    if not vals:
-        return "n/a"
-    m = sum(vals) / len(vals)
-    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else math.nan
-    return f"{m:.3f} ± {_f(sd)}"
 
 
 def _interval(d: dict[str, Any]) -> str:
@@ -202,7 +194,7 @@ def write_study_doc(state: dict[str, Any], path: Path) -> None:
             if c["p_holm"] is not None and not c["p_holm"] < 0.05 and reading.endswith("ahead"):
                 reading = "no difference after Holm"  # a secondary metric reads by its corrected p
             lines.append(
-                f"| {name} | {_ms(c['a'])} | {_ms(c['b'])} | {_interval(c['diff'])} | {_f(c['p'])} | {holm} | "
+                f"| {name} | {mean_sd(c['a'])} | {mean_sd(c['b'])} | {_interval(c['diff'])} | {_f(c['p'])} | {holm} | "
                 f"{reading} |"
             )
         lines.append("")

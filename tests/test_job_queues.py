@@ -89,3 +89,6 @@ def test_a_finished_run_is_reused_only_if_its_recorded_model_is_the_one_its_name
     earlier["sparo_cfg"]["num_slots"] *= 2
     (run / "model_config.json").write_text(json.dumps({"model_cfg": earlier}))
     assert runs._finished(run, settings) is None
+    (run / "model_config.json").write_text(json.dumps({"model_cfg": today}))
+    (run / "run.json").write_text('{"settings": ')  # torn by a crash: trained again, no traceback
+    assert runs._finished(run, settings) is None

@@ -30,7 +30,8 @@ def _f(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def _mean_sd(values: list[float]) -> str:
+def mean_sd(values: list[float]) -> str:
+    """Mean ± sample sd of the finite values (the mean alone for one value; n/a for none)."""
     vals = [v for v in values if v is not None and not math.isnan(v)]
     if not vals:
         return "n/a"
@@ -184,7 +185,7 @@ def _comparison_table(comp: dict[str, Any], labels: tuple[str, ...], holm: bool)
     for label in labels:
         c = comp[label]
         name = label + (" *(oracle)*" if BY_LABEL[label].oracle else "")
-        row = f"| {name} | {_mean_sd(c['a'])} | {_mean_sd(c['b'])} | {_diff(c)} | {_f(c['p'])} |"
+        row = f"| {name} | {mean_sd(c['a'])} | {mean_sd(c['b'])} | {_diff(c)} | {_f(c['p'])} |"
         lines.append(row + (f" {_f(c['p_holm'])} |" if holm else ""))
     return lines
 

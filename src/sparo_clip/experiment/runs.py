@@ -151,11 +151,15 @@ def _finished(run: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     stamp, recorded = run / "run.json", run / "model_config.json"
     if not (stamp.is_file() and recorded.is_file()):
         return None
-    record = json.loads(stamp.read_text())
-    if record.get("settings") != settings or not Path(record["checkpoint"]).is_file():
+    try:  # a torn or hand-edited record is a run to train again, not a crash
+        record, model = json.loads(stamp.read_text()), json.loads(recorded.read_text())
+        if record.get("settings") != settings or not Path(record["checkpoint"]).is_file():
+            return None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        _logger.warning("%s: its run.json or model_config.json cannot be read: training it again", run)
         return None
     built = json.loads(json.dumps(resolve_model_config(settings["model"], settings.get("override"))))
-    return record if json.loads(recorded.read_text()).get("model_cfg") == built else None
+    return record if isinstance(model, dict) and model.get("model_cfg") == built else None
 
 
 def train_runs(
