@@ -85,6 +85,11 @@ def _our_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train even when weights, gradients and optimiser state alone exceed this machine's memory",
     )
+    p.add_argument(
+        "--no-fused-adamw",
+        action="store_true",
+        help="AdamW as open_clip_train builds it (a loop over the parameters) instead of torch's fused kernel",
+    )
     return p
 
 
@@ -169,6 +174,7 @@ class _Run:
             imagenet_v2_dataset=ImageNetV2Folder,
             csv_dataset=train_run.make_csv_dataset(self.state),
             cpu_safe_ddp=None if torch.cuda.is_available() else train_run.CpuSafeDDP,
+            adamw=train_run.fused_adamw if self.extra.get("fused_adamw") else None,
         )
 
 
@@ -258,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_params": ours.max_params,
         "init_from": ours.init_from,
         "no_memory_check": ours.no_memory_check,
+        "fused_adamw": not ours.no_fused_adamw,
     }
     run = _Run(override, extra)
     first_rank = os.environ.get("RANK", "0") == "0"

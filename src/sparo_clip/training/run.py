@@ -12,6 +12,8 @@
 - CSV training data: an unreadable image is skipped with a warning naming it (:func:`make_csv_dataset`);
 - the sample shuffle: seeded from ``--seed``, the rank, the worker and the epoch, so that the same command
   with the same worker count gives the same weights, also when it was killed and resumed;
+- AdamW with torch's fused kernel (:func:`fused_adamw`; the same update, one kernel for all parameters instead of
+  a loop; ``--no-fused-adamw`` keeps open_clip_train's);
 - on a machine without GPU, DDP without ``device_ids`` (DDP rejects them for CPU modules);
 - ``--imagenet-v2`` read by :class:`ImageNetV2Folder` when ``imagenetv2_pytorch`` (not on PyPI) is missing.
 """
@@ -42,6 +44,28 @@ from sparo_clip.inputs import FolderSnapshot, is_local, read_image
 from sparo_clip.training.shards import PassRules, shard_samples
 
 _logger = logging.getLogger("sparo_clip.train")
+
+
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def fused_adamw(params: Iterable[Any], **kwargs: Any) -> torch.optim.AdamW:
+    """``torch.optim.AdamW(params, **kwargs)`` with ``fused=True`` when every parameter allows the fused kernel
+    (floating point, one device of a kind it supports); otherwise torch's default, unchanged.
+
+    open_clip_train builds its AdamW without ``fused``: on CPU, torch's default then loops over the parameters,
+    which for a tiny model costs about a fifth of a training step (benchmarks/optimizer_bench.py).
+    """
+    groups = list(params)
+    tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    devices = {p.device for p in tensors}
+    fused = (
+        "fused" not in kwargs
+        and len(devices) == 1
+        and next(iter(devices)).type in FUSED_DEVICES
+        and all(p.is_floating_point() for p in tensors)
+    )
+    return torch.optim.AdamW(groups, **kwargs, **({"fused": True} if fused else {}))
 
 
 class RunState:
