@@ -35,7 +35,15 @@ import torch
 
 from sparo_clip.experiment import recipe as recipe_mod
 from sparo_clip.experiment.metrics import metric_values, run_intervals
-from sparo_clip.experiment.runs import MODELS, TrainCfg, evaluate, steps_per_epoch, train_runs, world_for
+from sparo_clip.experiment.runs import (
+    MODELS,
+    TrainCfg,
+    evaluate,
+    steps_per_epoch,
+    train_runs,
+    validation_ceiling,
+    world_for,
+)
 from sparo_clip.experiment.seeds import compare
 from sparo_clip.experiment.stats import plateau
 
@@ -143,7 +151,10 @@ def plateau_evidence(
     """The chosen settings at ``--epochs`` and twice as long, on the tuning world: curves and the plateau rule."""
     data = world_for(args.tune_seed, args.data, base.world, base.sizes())
     shape = tuple(int(x) for x in tuned["slot_shape"].split("x"))
-    evidence: dict[str, Any] = {"steps_per_epoch": steps_per_epoch(data, base.batch_size)}
+    evidence: dict[str, Any] = {
+        "steps_per_epoch": steps_per_epoch(data, base.batch_size),
+        "val_ceiling": validation_ceiling(data),
+    }
     for epochs in (args.epochs, 2 * args.epochs):
         jobs: dict[str, tuple[str, TrainCfg]] = {}  # name in the evidence -> (run name, settings)
         for label in MODELS:
@@ -173,6 +184,7 @@ def write_recipe(
     recipe = recipe_mod.Recipe(
         epochs=args.epochs,
         lr=tuned["lr"],
+        batch_size=args.batch_size,
         measured_by=f"python -m benchmarks.study {' '.join(args.argv)}",
         evidence={"tuning": tuned, "plateau": {k: {kk: vv for kk, vv in v.items() if kk != "curve"}
                                                if isinstance(v, dict) else v for k, v in evidence.items()}},
@@ -233,11 +245,29 @@ def compare_stage(args: argparse.Namespace, recipe: recipe_mod.Recipe) -> dict[s
     return budgets
 
 
+def comparison_recipe(state: dict[str, Any], recipe: recipe_mod.Recipe, batch_size: int) -> recipe_mod.Recipe:
+    """What the comparison trains with: the main job's recipe, with the learning rates this study's tuning chose
+    (at its own ``--epochs``, which may be longer than the main job's budget) when it has tuned. The slot shape
+    the tuning chose must be tiny-SPARO.json's (the comparison evaluates the registered model)."""
+    tuning = state.get("tuning")
+    if tuning is None:
+        return replace(recipe, batch_size=batch_size)
+    if tuning["slot_shape"] != "{}x{}".format(*_sparo_shape()):
+        raise ValueError(
+            f"the tuning chose slot shape {tuning['slot_shape']}, but tiny-SPARO.json has "
+            "{}x{}: run --stage plateau --write-recipe to adopt it, or tune again".format(*_sparo_shape())
+        )
+    return replace(recipe, lr=dict(tuning["lr"]), batch_size=batch_size)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.study", description=__doc__.split("\n\n")[0])
     p.add_argument("--stage", choices=("tune", "plateau", "compare", "all"), default="all")
     p.add_argument("--epochs", type=int, default=None, help="the final budget (default: the recipe's)")
     p.add_argument("--short-epochs", type=int, default=None, help="the shorter budget (default: a third)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="the batch of every run (default: the recipe's)"
+    )
     p.add_argument("--seeds", type=int, default=5, help="comparison seeds, each its own world")
     p.add_argument("--tune-seed", type=int, default=1000, help="the world tuning and the plateau runs use")
     p.add_argument("--lrs", type=float, nargs="+", default=list(LRS), help="the starting learning-rate grid")
@@ -262,8 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:  # noqa: BLE001 (the first study writes the first recipe)
         base = recipe_mod.Recipe(epochs=args.epochs or 8, lr={k: 1e-3 for k in MODELS})
     args.epochs = args.epochs or base.epochs
+    args.batch_size = args.batch_size or base.batch_size
+    base = replace(base, batch_size=args.batch_size)
     args.short_epochs = args.short_epochs or max(1, args.epochs // 3)
-    problem = next((f"--{n.replace('_', '-')} must be >= 1" for n in ("epochs", "short_epochs", "seeds", "threads", "slots")
+    problem = next((f"--{n.replace('_', '-')} must be >= 1" for n in ("epochs", "short_epochs", "seeds", "threads", "slots", "batch_size")
                     if getattr(args, n) < 1), None)  # fmt: skip
     if problem is None and not all(math.isfinite(lr) and lr > 0 for lr in args.lrs):
         problem = f"--lrs {args.lrs}: expected positive, finite learning rates"
@@ -286,10 +318,16 @@ def main(argv: list[str] | None = None) -> int:
             base = write_recipe(args, state["tuning"], state["plateau"])
     if args.stage in ("compare", "all"):
         recipe = recipe_mod.load()
-        state["compare"] = {str(k): v for k, v in compare_stage(args, recipe).items()}
-        state["recipe"] = recipe.to_dict()
+        try:
+            trained_with = comparison_recipe(state, recipe, args.batch_size)
+        except ValueError as e:
+            print(f"study: error: {e}", file=sys.stderr)
+            return 2
+        state["compare"] = {str(k): v for k, v in compare_stage(args, trained_with).items()}
+        state["recipe"] = recipe.to_dict()  # the main job's (its default budget)
+        state["compare_recipe"] = trained_with.to_dict()
     state["settings"] = {
-        "epochs": args.epochs, "short_epochs": args.short_epochs, "seeds": args.seeds, "tune_seed": args.tune_seed,
+        "epochs": args.epochs, "short_epochs": args.short_epochs, "batch_size": args.batch_size, "seeds": args.seeds, "tune_seed": args.tune_seed,
         "command": "python -m benchmarks.study " + " ".join(args.argv),
         "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} thread(s) per run",
         "seconds_this_call": time.perf_counter() - t,

@@ -41,6 +41,8 @@ def _plot_curves(evidence: dict[str, Any], path: Path) -> Path:
         style = "-" if name == min((n for n in evidence if n.startswith(label + "-e")), key=len) else "--"
         ax.plot([p["step"] for p in run["curve"]], [p["val_r1"] for p in run["curve"]], style, marker="o", ms=3,
                 color=colours[label], label=f"tiny-{label}, {epochs} epochs")  # fmt: skip
+    if evidence.get("val_ceiling") is not None:
+        ax.axhline(evidence["val_ceiling"], color="grey", ls=":", lw=1, label="content ceiling")
     ax.set_xlabel("training step")
     ax.set_ylabel("validation R@1 (mean of both ways)")
     ax.grid(alpha=0.3)
@@ -60,7 +62,14 @@ def write_quickstart_curve(evidence: dict[str, Any], args: Any, doc: Path) -> No
         f"{args.tune_seed}, not one the comparison uses): each model with its chosen learning rate, trained "
         f"{args.epochs} epochs (the default) and {2 * args.epochs} epochs ({evidence['steps_per_epoch']} steps per "
         f"epoch). The plateau rule: flat when the best validation R@1 of the last {PLATEAU_WINDOW:.0%} of the "
-        f"epochs exceeds the best before them by less than {PLATEAU_TOLERANCE}.",
+        f"epochs exceeds the best before them by less than {PLATEAU_TOLERANCE}."
+        + (
+            f" The content ceiling ({evidence['val_ceiling']:.3f}) is the validation R@1 of a model that reads "
+            "exactly which coloured shapes each caption and image hold and nothing else (captions naming the same "
+            "objects tie; `sparo_clip.experiment.runs.validation_ceiling`)."
+            if evidence.get("val_ceiling") is not None
+            else ""
+        ),
         "",
         f"![validation curves]({picture.relative_to(doc.parent).as_posix()})",
         "",

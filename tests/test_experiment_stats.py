@@ -80,3 +80,32 @@ def test_plateau_rule_on_synthetic_curves():
     assert not plateau([0.1, 0.2, 0.3, 0.30, 0.31, 0.36]).flat  # the last third still gains 0.05
     with pytest.raises(ValueError, match="at least 3"):
         plateau([0.1, 0.2])
+
+
+def test_validation_ceiling_counts_ties_between_captions_of_the_same_objects(tmp_path):
+    from sparo_clip.experiment.runs import validation_ceiling
+
+    captions = [
+        "a red circle",
+        "there is a red circle",  # the same object as the first: a tie of 2
+        "a blue square and a red circle",
+        "an image with a red circle and a blue square",  # the same two objects, other order: a tie of 2
+        "a green star",  # alone: always found
+    ]
+    csv = tmp_path / "val.csv"
+    csv.write_text("filepath\ttitle\n" + "".join(f"images/{i}.png\t{c}\n" for i, c in enumerate(captions)))
+    world = {"colors": ["red", "green", "blue"], "shapes": ["circle", "square", "star"]}
+    data = {"settings": {"world": world}, "val": {"csv": str(csv)}}
+    assert validation_ceiling(data) == pytest.approx((4 * 0.5 + 1) / 5)
+    # a brute force: a model that scores only the objects, ties broken at random, R@1 averaged over draws
+    import random
+
+    rng = random.Random(0)
+    objects = [frozenset({("red", "circle")})] * 2 + [frozenset({("red", "circle"), ("blue", "square")})] * 2
+    objects += [frozenset({("green", "star")})]
+    hits = 0
+    for _ in range(4000):
+        for i, obj in enumerate(objects):
+            tied = [j for j, other in enumerate(objects) if other == obj]
+            hits += rng.choice(tied) == i
+    assert hits / (4000 * len(objects)) == pytest.approx(validation_ceiling(data), abs=0.01)

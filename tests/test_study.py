@@ -66,6 +66,7 @@ def sandbox(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "train_runs", fake.train_runs)
     monkeypatch.setattr(study, "world_for", fake.world_for)
     monkeypatch.setattr(study, "evaluate", fake.evaluate)
+    monkeypatch.setattr(study, "validation_ceiling", lambda data: 0.55)
     monkeypatch.setattr(
         study, "run_intervals", lambda where: {m: Interval(0.5, 0.4, 0.6, 10) for m in (*PRIMARY, *SECONDARY)}
     )
@@ -129,8 +130,9 @@ def test_plateau_stage_writes_the_recipe_the_slot_shape_and_the_curve(sandbox):
     )
     doc = (root / "docs" / "quickstart.md").read_text()
     assert (
-        "old" not in doc
+        "\nold\n" not in doc
         and "tiny-SPARO, 8 epochs" in doc
+        and "content ceiling (0.550)" in doc
         and (root / "docs" / "img" / "quickstart" / "plateau.png").is_file()
     )
     asked = {label: cfg.epochs for label, cfg in fake.trained[tuning_runs:]}
@@ -147,8 +149,8 @@ def test_comparison_over_seeds_and_budgets_writes_a_plain_conclusion(sandbox):
     state_dir = tmp / "runs"
     state_dir.mkdir()
     (state_dir / "study.json").write_text(json.dumps({"tuning": {"lr": {"CLIP": 1e-3, "SPARO": 1e-3},
-        "lr_scores": {"CLIP": {"0.001": 0.6}, "SPARO": {"0.001": 0.6}}, "slot_shape": "4x64",
-        "slot_scores": {"4x64": 0.6}, "tune_seed": 1000}}))  # fmt: skip
+        "lr_scores": {"CLIP": {"0.001": 0.6}, "SPARO": {"0.001": 0.6}}, "slot_shape": "8x32",
+        "slot_scores": {"8x32": 0.6}, "tune_seed": 1000}}))  # fmt: skip
     assert study.main(argv) == 0
     state = json.loads((state_dir / "study.json").read_text())
     assert set(state["compare"]) == {"2", "6"}
@@ -170,13 +172,37 @@ def test_comparison_past_the_main_jobs_budget_says_which_budget_each_reading_is_
             "--data", str(tmp / "data"), "--write-docs"]  # fmt: skip
     (tmp / "runs").mkdir()
     (tmp / "runs" / "study.json").write_text(json.dumps({"tuning": {"lr": {"CLIP": 1e-3, "SPARO": 1e-3},
-        "lr_scores": {"CLIP": {"0.001": 0.6}, "SPARO": {"0.001": 0.6}}, "slot_shape": "4x64",
-        "slot_scores": {"4x64": 0.6}, "tune_seed": 1000, "epochs": 3}}))  # fmt: skip
+        "lr_scores": {"CLIP": {"0.001": 0.6}, "SPARO": {"0.001": 0.6}}, "slot_shape": "8x32",
+        "slot_scores": {"8x32": 0.6}, "tune_seed": 1000, "epochs": 3}}))  # fmt: skip
     assert study.main(argv) == 0
     doc = (root / "docs" / "study.md").read_text()
     assert "the main job's default is 3 epochs" in doc and "at 3 epochs, on the validation" in doc
     assert "Budgets other than 3 epochs reuse these choices without tuning again" in doc
     assert "At the longest budget (6 epochs, 2 seeds)" in doc and "At the main job's budget (3 epochs)" in doc
+
+
+def test_the_comparison_trains_with_the_learning_rates_tuned_at_the_studys_budget(sandbox, capsys):
+    fake, root, tmp = sandbox
+    recipe_mod.write(recipe_mod.Recipe(epochs=3, lr={"CLIP": 1e-3, "SPARO": 1e-3}))  # the main job's
+    tuned = {"lr": {"CLIP": 4e-3, "SPARO": 2e-3}, "lr_scores": {"CLIP": {"0.004": 0.6}, "SPARO": {"0.002": 0.6}},
+             "slot_shape": "8x32", "slot_scores": {"8x32": 0.6}, "tune_seed": 1000, "epochs": 6}  # fmt: skip
+    (tmp / "runs").mkdir()
+    (tmp / "runs" / "study.json").write_text(json.dumps({"tuning": tuned}))
+    argv = ["--stage", "compare", "--seeds", "2", "--epochs", "6", "--short-epochs", "3", "--out", str(tmp / "runs"),
+            "--data", str(tmp / "data"), "--batch-size", "64"]  # fmt: skip
+    assert study.main(argv) == 0
+    lrs = {(cfg.model, cfg.lr) for _, cfg in fake.trained}
+    assert lrs == {("tiny-CLIP", 4e-3), ("tiny-SPARO", 2e-3)}  # the study's tuning, not the main job's 1e-3
+    assert {cfg.batch_size for _, cfg in fake.trained} == {64}
+    state = json.loads((tmp / "runs" / "study.json").read_text())
+    assert state["recipe"]["epochs"] == 3 and state["compare_recipe"]["lr"] == tuned["lr"]
+    # a tuning that chose another slot shape than the registered model's: one line, nothing trained
+    fake.trained.clear()
+    (tmp / "runs" / "study.json").write_text(json.dumps({"tuning": tuned | {"slot_shape": "16x16"}}))
+    assert study.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("study: error: the tuning chose slot shape 16x16") and "\n" not in err
+    assert fake.trained == []
 
 
 def test_a_secondary_metric_reads_by_its_holm_corrected_p():

@@ -45,6 +45,7 @@ from sparo_clip.experiment.runs import (
     choose_slots_on_validation,
     evaluate,
     train_runs,
+    validation_ceiling,
     world_for,
 )
 from sparo_clip.experiment.seeds import compare
@@ -125,6 +126,7 @@ def evaluate_seed(
     return {
         "seed": seed,
         "held_out": data["held_out"],
+        "val_ceiling": validation_ceiling(data),
         "data": {"binding": data["binding"], "sugarcrepe_dropped": data["sugarcrepe"]["dropped"]},
         "runs": runs,
         "results": results,

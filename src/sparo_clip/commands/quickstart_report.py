@@ -88,6 +88,10 @@ def plot_curves(summary: dict[str, Any], path: Path) -> Path:
             steps = [p["step"] for p in run["curve"]]
             ax.plot(steps, [p["val_r1"] for p in run["curve"]], marker="o", ms=3, color=colours.get(label, "k"),
                     alpha=0.8, label=label if str(seed) == "0" else None)  # fmt: skip
+    ceilings = [r["val_ceiling"] for r in summary["seeds"].values() if r.get("val_ceiling") is not None]
+    if ceilings:
+        ax.axhline(sum(ceilings) / len(ceilings), color="grey", ls="--", lw=1,
+                   label="content ceiling (mean over seeds)")  # fmt: skip
     ax.set_xlabel("training step")
     ax.set_ylabel("validation R@1 (mean of both ways)")
     ax.set_title("validation curves, every seed", fontsize=9)
@@ -224,10 +228,15 @@ def write_report(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
         "",
         f"The rule, stated before the runs: {PLATEAU_RULE}.",
         "",
+        "The content ceiling is the validation R@1 of a model that reads exactly which coloured shapes each "
+        "caption and image hold and nothing else: validation captions naming the same objects tie, and a tie of "
+        "n is won 1 time in n (``sparo_clip.experiment.runs.validation_ceiling``). A curve at its ceiling has "
+        "learned what the captions say.",
+        "",
         f"![validation curves]({curves.relative_to(out)})",
         "",
-        "| run | learning rate | final validation R@1 | plateau rule | training time (s) |",
-        "|---|---|---|---|---|",
+        "| run | learning rate | final validation R@1 | content ceiling | plateau rule | training time (s) |",
+        "|---|---|---|---|---|---|",
     ]
     for seed, r in summary["seeds"].items():
         for label, run in r["runs"].items():
@@ -235,7 +244,10 @@ def write_report(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
             final = run["curve"][-1]["val_r1"] if run["curve"] else math.nan
             lr = run["settings"]["lr"]
             verdict = v.describe() if v is not None else "too few epochs to judge"
-            lines.append(f"| {label} seed {seed} | {lr:g} | {_f(final)} | {verdict} | {run['seconds']:.0f} |")
+            ceiling = _f(r["val_ceiling"]) if r.get("val_ceiling") is not None else "–"
+            lines.append(
+                f"| {label} seed {seed} | {lr:g} | {_f(final)} | {ceiling} | {verdict} | {run['seconds']:.0f} |"
+            )
     lines += [
         "",
         "## Per seed",

@@ -143,6 +143,27 @@ def validation_curve(run: Path, data: dict[str, Any], batch_size: int) -> list[d
     ]
 
 
+def validation_ceiling(data: dict[str, Any]) -> float:
+    """The validation R@1 of a model that reads exactly which colour-shape objects each caption and image hold and
+    nothing else: captions of the same objects (other wording, other order) tie, and a tie of n is won 1 time in
+    n. Many validation scenes share their objects (e.g. every "a red circle"), so this, not 1, is where a
+    validation curve can flatten without the model lacking anything the captions say.
+    """
+    import re
+    from collections import Counter
+
+    world = data["settings"]["world"]
+    colours, shapes = set(world["colors"]), set(world["shapes"])
+    rows = Path(data["val"]["csv"]).read_text().splitlines()[1:]
+    objects = {(c, s) for c in colours for s in shapes}
+    contents = []
+    for row in rows:
+        words = re.findall(r"[a-z]+", row.split("\t")[1].lower())
+        contents.append(frozenset(zip(words, words[1:], strict=False)) & objects)
+    ties = Counter(contents)
+    return sum(1 / ties[c] for c in contents) / len(contents) if contents else float("nan")
+
+
 def _finished(run: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     """A finished run with these settings whose recorded model is the one these settings build today (a model
     name names whatever its config file says now: a run of an earlier tiny-SPARO shape is not reused)."""
