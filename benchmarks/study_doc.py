@@ -128,6 +128,40 @@ def _flat_counts(curves: dict[str, dict[str, list[dict[str, float]]]]) -> dict[s
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
+def _plateau_section(state: dict[str, Any], doc: Path) -> list[str]:
+    """The tuning world's curves at the study's budget and twice it (``--stage plateau``), with the rule's
+    verdicts: where each model stops improving, before the comparison is read."""
+    evidence = state.get("plateau")
+    runs = {k: v for k, v in (evidence or {}).items() if isinstance(v, dict) and "curve" in v}
+    if not runs:
+        return []
+    picture = _plot_curves(evidence, doc.parent / "img" / "study" / "plateau.png")
+    lines = [
+        "## Where the models stop improving (the tuning world)",
+        "",
+        "Each model with its chosen learning rate on the tuning world, at the tuned budget and twice it "
+        f"(`--stage plateau`). The plateau rule: flat when the best validation R@1 of the last "
+        f"{PLATEAU_WINDOW:.0%} of the epochs exceeds the best before them by less than {PLATEAU_TOLERANCE}."
+        + (
+            f" Content ceiling {evidence['val_ceiling']:.3f} (captions naming the same objects tie)."
+            if evidence.get("val_ceiling") is not None
+            else ""
+        ),
+        "",
+        f"![validation curves on the tuning world]({picture.relative_to(doc.parent).as_posix()})",
+        "",
+        "| run | final validation R@1 | gain over the last third | plateau rule |",
+        "|---|---|---|---|",
+    ]
+    for name, run in runs.items():
+        label, epochs = name.rsplit("-e", 1)
+        lines.append(
+            f"| tiny-{label}, {epochs} epochs | {run['final']:.3f} | {run['gain']:+.3f} | "
+            f"{'flat' if run['flat'] else 'still rising'} |"
+        )
+    return [*lines, ""]
+
+
 def write_study_doc(state: dict[str, Any], path: Path) -> None:
     """docs/study.md: what was run, the tuning, the plateau, the comparison per budget, a plain conclusion."""
     s, tuning, compare = state["settings"], state["tuning"], state["compare"]
@@ -174,6 +208,7 @@ def write_study_doc(state: dict[str, Any], path: Path) -> None:
         "- Intervals: paired t over seeds (95%), from the per-seed differences SPARO − CLIP.",
         "",
     ]
+    lines += _plateau_section(state, path)
     for b in budgets:
         comp = compare[b]["comparison"]
         lines += [
