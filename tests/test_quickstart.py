@@ -101,6 +101,25 @@ def test_report_opens_plainly_and_shows_controls_curves_and_intervals(run):
 
 
 @pytest.mark.slow
+def test_report_reads_the_curves_against_their_ceiling_and_says_when_runs_were_still_improving(run):
+    from sparo_clip.commands.quickstart_report import opening, plateau_verdicts
+    from sparo_clip.experiment.stats import Plateau
+
+    root, summary = run
+    report = (root / "out" / "report.md").read_text()
+    assert "| content ceiling |" in report
+    for r in summary["seeds"].values():
+        assert 0 < r["val_ceiling"] <= 1
+    verdicts = plateau_verdicts(summary)
+    rising = {k: Plateau(False, 0.1, 1 / 3, 0.02) for k in verdicts}
+    flat = {k: Plateau(True, 0.0, 1 / 3, 0.02) for k in verdicts}
+    assert "were still improving" in opening(summary, rising, []) and "docs/study.md" in opening(
+        summary, rising, []
+    )
+    assert "were still improving" not in opening(summary, flat, [])
+
+
+@pytest.mark.slow
 def test_rerun_reuses_worlds_and_trainings(run, caplog):
     root, summary = run
     mp = pytest.MonkeyPatch()

@@ -140,7 +140,10 @@ def test_plateau_stage_writes_the_recipe_the_slot_shape_and_the_curve(sandbox):
     assert asked == {"CLIP-lr0.001-seed1000": 4, "SPARO-8x32-lr0.008-seed1000": 4, "CLIP-e8-seed1000": 8,
                      "SPARO-e8-seed1000": 8}  # fmt: skip
     # docs/study.md shows the same curves and verdicts before the comparison
-    assert study.main(["--stage", "compare", "--seeds", "2", "--short-epochs", "2", "--write-docs", *common]) == 0
+    assert (
+        study.main(["--stage", "compare", "--seeds", "2", "--short-epochs", "2", "--write-docs", *common])
+        == 0
+    )
     doc = (root / "docs" / "study.md").read_text()
     section = doc.split("## Where the models stop improving (the tuning world)")[1].split("\n## ")[0]
     assert "img/study/plateau.png" in section and (root / "docs" / "img" / "study" / "plateau.png").is_file()

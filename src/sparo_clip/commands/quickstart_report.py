@@ -168,7 +168,15 @@ def opening(summary: dict[str, Any], verdicts: dict[str, Any], flagged: list[str
         f"{n_seeds} seed(s), every seed its own synthetic world of {len(world['colors'])} colours x "
         f"{len(world['shapes'])} shapes on {world['image_size']}-pixel images with its own {held} held-out "
         f"colour-shape pairs that no training image or caption shows. {flat} of {len(verdicts)} runs met the "
-        "plateau rule (below)" + (f"; {unjudged} had too few epochs to judge." if unjudged else "."),
+        "plateau rule (below)"
+        + (f"; {unjudged} had too few epochs to judge." if unjudged else ".")
+        + (
+            " Runs that did not were still improving when training stopped, so the differences below measure "
+            "partly how fast each model learns, not only what it learns (docs/study.md compares the models at "
+            "longer budgets)."
+            if flat + unjudged < len(verdicts)
+            else ""
+        ),
         f"On the clean binding test (two objects, the wrong caption swaps their colours, both captions name only "
         f"training pairs): {_reading(comp[PRIMARY[0]])}.",
         f"On generalised compositional zero-shot (AUC of the seen/unseen curve over all classes): "
