@@ -56,7 +56,7 @@ def fused_adamw(params: Iterable[Any], **kwargs: Any) -> torch.optim.AdamW:
     open_clip_train builds its AdamW without ``fused``: on CPU, torch's default then loops over the parameters,
     which for a tiny model costs about a fifth of a training step (benchmarks/optimizer_bench.py).
     """
-    groups = list(params)
+    groups = [dict(g, params=list(g["params"])) if isinstance(g, dict) else g for g in params]
     tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
     devices = {p.device for p in tensors}
     fused = (
