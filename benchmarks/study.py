@@ -200,8 +200,11 @@ def write_recipe(
     return recipe
 
 
-def compare_stage(args: argparse.Namespace, recipe: recipe_mod.Recipe) -> dict[str, Any]:
-    """Both models on every seed at both budgets, evaluated; per budget the comparison over seeds."""
+def compare_stage(
+    args: argparse.Namespace, recipe: recipe_mod.Recipe, sparo_override: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Both models on every seed at both budgets, evaluated; per budget the comparison over seeds.
+    ``sparo_override``: tiny-SPARO's model-config override (the tuned slot shape), in training and evaluation."""
     out = Path(args.out) / "compare"
     budgets: dict[int, dict[str, Any]] = {}
     for epochs in sorted({args.short_epochs, args.epochs}):
@@ -219,6 +222,7 @@ def compare_stage(args: argparse.Namespace, recipe: recipe_mod.Recipe) -> dict[s
                     recipe.warmup,
                     seed,
                     args.threads,
+                    sparo_override if label == "SPARO" else None,
                 ),  # fmt: skip
                 worlds[seed],
             )
@@ -232,8 +236,9 @@ def compare_stage(args: argparse.Namespace, recipe: recipe_mod.Recipe) -> dict[s
             for label, model in MODELS.items():
                 run = runs[f"{label}-e{epochs}-seed{seed}"]
                 where = out / "eval" / f"e{epochs}-seed{seed}" / label
+                override = sparo_override if label == "SPARO" else None
                 per_seed[seed][label] = metric_values(
-                    evaluate(model, run["checkpoint"], data, where, reuse=True)
+                    evaluate(model, run["checkpoint"], data, where, reuse=True, override=override)
                 )
                 intervals[seed][label] = {k: v.__dict__ for k, v in run_intervals(where).items()}
                 curves[seed][label] = run["curve"]
@@ -245,19 +250,22 @@ def compare_stage(args: argparse.Namespace, recipe: recipe_mod.Recipe) -> dict[s
     return budgets
 
 
-def comparison_recipe(state: dict[str, Any], recipe: recipe_mod.Recipe, batch_size: int) -> recipe_mod.Recipe:
-    """What the comparison trains with: the main job's recipe, with the learning rates this study's tuning chose
-    (at its own ``--epochs``, which may be longer than the main job's budget) when it has tuned. The slot shape
-    the tuning chose must be tiny-SPARO.json's (the comparison evaluates the registered model)."""
+def comparison_recipe(
+    state: dict[str, Any], recipe: recipe_mod.Recipe, batch_size: int
+) -> tuple[recipe_mod.Recipe, dict[str, Any] | None]:
+    """What the comparison trains with: the main job's recipe, with the choices this study's tuning made (at its
+    own ``--epochs``, which may be longer than the main job's budget) when it has tuned: the learning rates, and
+    the slot shape, given to tiny-SPARO as a model-config override when it is not tiny-SPARO.json's.
+
+    Returns:
+        (the recipe, tiny-SPARO's override or None).
+    """
     tuning = state.get("tuning")
     if tuning is None:
-        return replace(recipe, batch_size=batch_size)
-    if tuning["slot_shape"] != "{}x{}".format(*_sparo_shape()):
-        raise ValueError(
-            f"the tuning chose slot shape {tuning['slot_shape']}, but tiny-SPARO.json has "
-            "{}x{}: run --stage plateau --write-recipe to adopt it, or tune again".format(*_sparo_shape())
-        )
-    return replace(recipe, lr=dict(tuning["lr"]), batch_size=batch_size)
+        return replace(recipe, batch_size=batch_size), None
+    shape = tuple(int(x) for x in tuning["slot_shape"].split("x"))
+    override = None if shape == _sparo_shape() else slot_override(shape)
+    return replace(recipe, lr=dict(tuning["lr"]), batch_size=batch_size), override
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,14 +326,10 @@ def main(argv: list[str] | None = None) -> int:
             base = write_recipe(args, state["tuning"], state["plateau"])
     if args.stage in ("compare", "all"):
         recipe = recipe_mod.load()
-        try:
-            trained_with = comparison_recipe(state, recipe, args.batch_size)
-        except ValueError as e:
-            print(f"study: error: {e}", file=sys.stderr)
-            return 2
-        state["compare"] = {str(k): v for k, v in compare_stage(args, trained_with).items()}
+        trained_with, sparo_override = comparison_recipe(state, recipe, args.batch_size)
+        state["compare"] = {str(k): v for k, v in compare_stage(args, trained_with, sparo_override).items()}
         state["recipe"] = recipe.to_dict()  # the main job's (its default budget)
-        state["compare_recipe"] = trained_with.to_dict()
+        state["compare_recipe"] = trained_with.to_dict() | {"sparo_override": sparo_override}
     state["settings"] = {
         "epochs": args.epochs, "short_epochs": args.short_epochs, "batch_size": args.batch_size, "seeds": args.seeds, "tune_seed": args.tune_seed,
         "command": "python -m benchmarks.study " + " ".join(args.argv),

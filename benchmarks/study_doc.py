@@ -198,6 +198,12 @@ def write_study_doc(state: dict[str, Any], path: Path) -> None:
         + ", ".join(f"{k} → {_f(v)}" for k, v in tuning["slot_scores"].items())
         + f" (chosen: {tuning['slot_shape']})."
         + (
+            f" The comparison trains and evaluates tiny-SPARO at {tuning['slot_shape']} (a model-config override; "
+            "the main job's tiny-SPARO.json keeps the shape its own tuning chose)."
+            if state.get("compare_recipe", {}).get("sparo_override")
+            else ""
+        )
+        + (
             f" Budgets other than {tuned_at} epochs reuse these choices without tuning again."
             if any(int(b) != int(tuned_at) for b in budgets)
             else ""

@@ -92,3 +92,35 @@ def test_a_finished_run_is_reused_only_if_its_recorded_model_is_the_one_its_name
     (run / "model_config.json").write_text(json.dumps({"model_cfg": today}))
     (run / "run.json").write_text('{"settings": ')  # torn by a crash: trained again, no traceback
     assert runs._finished(run, settings) is None
+
+
+def test_evaluate_gives_every_eval_the_override_the_checkpoint_was_trained_with(tmp_path, monkeypatch):
+    import json
+
+    calls = []
+
+    def fake_eval(argv, output):
+        calls.append(argv)
+        given = argv[argv.index("--override-model-config") + 1] if "--override-model-config" in argv else None
+        items = argv[argv.index("--save-items") + 1]
+        Path(items).write_bytes(b"x")
+        saved = {"pretrained": "ck.pt", "slots": None, "metrics": {"n": len(calls)}}
+        saved |= {"override_model_config": json.loads(given)} if given else {}
+        output.write_text(json.dumps(saved))
+        return saved
+
+    monkeypatch.setattr(runs, "_eval", fake_eval)
+    data = {
+        "compositional": {"dir": "c", "classes": "k", "templates": "t"},
+        "binding": {"root": "b", "blank": "bb"},
+        "sugarcrepe": {"root": "s", "blank": "sb"},
+        "test": {"csv": "r.csv"},
+    }
+    shape = {"embed_dim": 256, "sparo_cfg": {"num_slots": 16, "slot_dim": 16}}
+    runs.evaluate("tiny-SPARO", "ck.pt", data, tmp_path, reuse=True, override=shape)
+    assert len(calls) == len(runs.EVALUATIONS)
+    assert all(json.loads(a[a.index("--override-model-config") + 1]) == shape for a in calls)
+    runs.evaluate("tiny-SPARO", "ck.pt", data, tmp_path, reuse=True, override=shape)  # the same: all reused
+    assert len(calls) == len(runs.EVALUATIONS)
+    runs.evaluate("tiny-SPARO", "ck.pt", data, tmp_path, reuse=True)  # another model config: all run again
+    assert len(calls) == 2 * len(runs.EVALUATIONS) and "--override-model-config" not in calls[-1]

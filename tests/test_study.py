@@ -50,7 +50,7 @@ class FakeRuns:
         return {"train": {"num_samples": 1280}, "settings": {"seed": seed}}
 
     @staticmethod
-    def evaluate(model, ckpt, data, out, slots=None, reuse=False):
+    def evaluate(model, ckpt, data, out, slots=None, reuse=False, override=None):
         ahead = 0.1 if model == "tiny-SPARO" else 0.0
         seed = data["settings"]["seed"]
         value = 0.5 + ahead + 0.01 * seed
@@ -190,7 +190,7 @@ def test_comparison_past_the_main_jobs_budget_says_which_budget_each_reading_is_
     assert "At the longest budget (6 epochs, 2 seeds)" in doc and "At the main job's budget (3 epochs)" in doc
 
 
-def test_the_comparison_trains_with_the_learning_rates_tuned_at_the_studys_budget(sandbox, capsys):
+def test_the_comparison_trains_with_the_choices_tuned_at_the_studys_budget(sandbox, monkeypatch):
     fake, root, tmp = sandbox
     recipe_mod.write(recipe_mod.Recipe(epochs=3, lr={"CLIP": 1e-3, "SPARO": 1e-3}))  # the main job's
     tuned = {"lr": {"CLIP": 4e-3, "SPARO": 2e-3}, "lr_scores": {"CLIP": {"0.004": 0.6}, "SPARO": {"0.002": 0.6}},
@@ -205,13 +205,27 @@ def test_the_comparison_trains_with_the_learning_rates_tuned_at_the_studys_budge
     assert {cfg.batch_size for _, cfg in fake.trained} == {64}
     state = json.loads((tmp / "runs" / "study.json").read_text())
     assert state["recipe"]["epochs"] == 3 and state["compare_recipe"]["lr"] == tuned["lr"]
-    # a tuning that chose another slot shape than the registered model's: one line, nothing trained
+    assert all(cfg.override is None for _, cfg in fake.trained)  # the registered shape: no override
+    # a tuning that chose another slot shape than the registered model's: tiny-SPARO trains and is evaluated at it
     fake.trained.clear()
+    evaluated = []
+    original = fake.evaluate
+
+    def evaluate(model, ckpt, data, out, slots=None, reuse=False, override=None):
+        evaluated.append((model, override))
+        return original(model, ckpt, data, out, slots, reuse)
+
+    monkeypatch.setattr(study, "evaluate", evaluate)
     (tmp / "runs" / "study.json").write_text(json.dumps({"tuning": tuned | {"slot_shape": "16x16"}}))
-    assert study.main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("study: error: the tuning chose slot shape 16x16") and "\n" not in err
-    assert fake.trained == []
+    assert study.main([*argv, "--write-docs"]) == 0
+    shape = {"embed_dim": 256, "sparo_cfg": {"num_slots": 16, "slot_dim": 16}}
+    assert {(cfg.model, json.dumps(cfg.override)) for _, cfg in fake.trained} == {
+        ("tiny-CLIP", "null"), ("tiny-SPARO", json.dumps(shape))}  # fmt: skip
+    assert {(m, json.dumps(o)) for m, o in evaluated} == {
+        ("tiny-CLIP", "null"),
+        ("tiny-SPARO", json.dumps(shape)),
+    }
+    assert "trains and evaluates tiny-SPARO at 16x16" in (root / "docs" / "study.md").read_text()
 
 
 def test_a_secondary_metric_reads_by_its_holm_corrected_p():

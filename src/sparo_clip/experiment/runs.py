@@ -298,17 +298,20 @@ def evaluate(
     out: str | Path,
     slots: str | None = None,
     reuse: bool = False,
+    override: dict[str, Any] | None = None,
 ) -> dict:
     """Every evaluation of one checkpoint: generalised compositional zero-shot, the clean binding test and the
     compositionality sets (each also against a blank image: the model's caption prior), test retrieval.
 
     Returns the metrics of each eval command; its JSON and per-item scores (``*_items.pt``) stay under ``out``.
-    With ``reuse``, an evaluation whose JSON and items exist for the same checkpoint is read, not run again.
+    With ``reuse``, an evaluation whose JSON and items exist for the same checkpoint (and model-config override)
+    is read, not run again. ``override`` is the ``--override-model-config`` the checkpoint was trained with.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     common = ["--model", model, "--pretrained", str(ckpt), "--batch-size", "256", "--workers", "0"]
     common += ["--slots", slots] if slots else []
+    common += ["--override-model-config", json.dumps(override)] if override else []
     comp = data["compositional"]
     jobs = {
         "compositional": ["compositional", "--data", comp["dir"], "--classes", comp["classes"], "--templates",
@@ -324,7 +327,10 @@ def evaluate(
         done = out / f"{key}.json"
         if reuse and done.is_file() and (out / f"{key}_items.pt").is_file():
             saved = json.loads(done.read_text())
-            if saved.get("pretrained") == str(ckpt) and (slots is None) == (saved.get("slots") is None):
+            same_model = (
+                saved.get("pretrained") == str(ckpt) and saved.get("override_model_config") == override
+            )
+            if same_model and (slots is None) == (saved.get("slots") is None):
                 results[key] = saved["metrics"]
                 continue
         items = ["--save-items", str(out / f"{key}_items.pt")]
