@@ -43,6 +43,10 @@ AXES: tuple[tuple[str, tuple[Any, ...]], ...] = (
     ("lr", (2e-3, 1e-3, 4e-3)),
     ("output_dim", (256, 1024)),
 )
+EXTEND = (
+    "lr",
+)  # numeric settings whose grid is extended by 2x past a winning edge, so the choice is bracketed
+MAX_EXTENSIONS = 2
 HEAD_INPUTS = ("unit", "sqrt_dim", "layernorm")
 SEARCH_BEGIN, SEARCH_END = "<!-- dino-recipe-search:begin -->", "<!-- dino-recipe-search:end -->"
 HEAD_BEGIN, HEAD_END = "<!-- dino-head-input:begin -->", "<!-- dino-head-input:end -->"
@@ -96,18 +100,33 @@ def _information(diag: dict[str, Any]) -> float | None:
     return None if diag["h_target"] is None else diag["h_mean"] - diag["h_target"]
 
 
+def _best(values: list[Any], results: dict[Any, dict[str, Any]]) -> Any:
+    """The value with the highest score among those where both twins learn (none learns: the highest score,
+    flagged in the docs)."""
+    ok = [v for v in values if results[v]["both_learn"]]
+    return max(ok or values, key=lambda v: results[v]["score"])
+
+
 def search(args: argparse.Namespace, start: qs.Budget) -> dict[str, Any]:
-    """One setting at a time, in :data:`AXES` order; each keeps its best value among those where both learn."""
+    """One setting at a time, in :data:`AXES` order; each keeps its best value among those where both learn.
+    The learning rate's grid is extended by 2x past a winning edge (at most :data:`MAX_EXTENSIONS` times)."""
     current, steps = start, []
-    for field_name, values in AXES:
+    for field_name, grid in AXES:
+        values = list(grid)
         found = candidates(args, [replace(current, **{field_name: value}) for value in values])
         results = dict(zip(values, found, strict=True))
+        best = _best(values, results)
+        for _ in range(MAX_EXTENSIONS if field_name in EXTEND else 0):
+            ordered = sorted(values)
+            if best not in (ordered[0], ordered[-1]):
+                break  # bracketed
+            value = best / 2 if best == ordered[0] else best * 2
+            results[value] = candidates(args, [replace(current, **{field_name: value})])[0]
+            values.append(value)
+            best = _best(values, results)
         for value in values:
             _logger.info("%s = %s: %s", field_name, value, json.dumps(results[value]))
         ok = [v for v in values if results[v]["both_learn"]]
-        best = max(
-            ok or values, key=lambda v: results[v]["score"]
-        )  # none learns: the best score, flagged below
         steps.append({"field": field_name, "values": {str(v): results[v] for v in values}, "chosen": best,
                       "start": getattr(current, field_name), "any_learns": bool(ok)})  # fmt: skip
         current = replace(current, **{field_name: best})

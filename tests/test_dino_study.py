@@ -1,0 +1,55 @@
+"""The DINO recipe search's logic with stand-in candidates: one setting at a time, a value kept only where both
+twins learn, and the learning rate's grid extended past a winning edge so that the choice is bracketed."""
+
+import argparse
+import math
+
+from benchmarks import dino_study
+from sparo_clip.dino import quickstart as qs
+
+
+def _fake_candidates(best_lr: float, learns=lambda budget: True):
+    tried = []
+
+    def candidates(args, budgets):
+        out = []
+        for b in budgets:
+            tried.append(b)
+            score = 50 - 10 * abs(math.log2(b.lr / best_lr)) + (5 if b.momentum == 0.996 else 0) + (3 if b.teacher_temp == 0.07 else 0)
+            out.append({"twins": {}, "score": score, "both_learn": learns(b)})
+        return out
+
+    return candidates, tried
+
+
+def _args():
+    return argparse.Namespace(tune_seed=1000, out="unused")
+
+
+def test_a_learning_rate_that_wins_at_the_grids_edge_is_bracketed(monkeypatch):
+    candidates, tried = _fake_candidates(best_lr=4e-4)  # below the grid (1e-3, 2e-3, 4e-3)
+    monkeypatch.setattr(dino_study, "candidates", candidates)
+    state = dino_study.search(_args(), qs.Budget())
+    lr_step = next(s for s in state["steps"] if s["field"] == "lr")
+    assert [float(v) for v in lr_step["values"]] == [2e-3, 1e-3, 4e-3, 5e-4, 2.5e-4]  # 1e-3 won, then 5e-4
+    assert lr_step["chosen"] == 5e-4 and state["budget"]["lr"] == 5e-4  # beaten on both sides: bracketed
+    assert state["budget"]["momentum"] == 0.996  # the other settings are searched as before
+    assert sum(b.lr == 2.5e-4 for b in tried) == 1  # each value trained once
+
+
+def test_an_interior_winner_is_not_extended_and_values_where_a_twin_fails_are_not_chosen(monkeypatch):
+    candidates, _ = _fake_candidates(best_lr=2e-3, learns=lambda b: b.teacher_temp != 0.07)
+    monkeypatch.setattr(dino_study, "candidates", candidates)
+    state = dino_study.search(_args(), qs.Budget())
+    lr_step = next(s for s in state["steps"] if s["field"] == "lr")
+    assert [float(v) for v in lr_step["values"]] == [2e-3, 1e-3, 4e-3] and lr_step["chosen"] == 2e-3
+    temp_step = next(s for s in state["steps"] if s["field"] == "teacher_temp")
+    assert temp_step["chosen"] == 0.04  # 0.07 scores higher, but a twin does not learn with it
+
+
+def test_extensions_stop_after_the_limit(monkeypatch):
+    candidates, _ = _fake_candidates(best_lr=1e-6)  # far below: still at the edge after every extension
+    monkeypatch.setattr(dino_study, "candidates", candidates)
+    state = dino_study.search(_args(), qs.Budget())
+    lr_step = next(s for s in state["steps"] if s["field"] == "lr")
+    assert len(lr_step["values"]) == 3 + dino_study.MAX_EXTENSIONS and lr_step["chosen"] == 2.5e-4
