@@ -15,7 +15,12 @@ def _fake_candidates(best_lr: float, learns=lambda budget: True):
         out = []
         for b in budgets:
             tried.append(b)
-            score = 50 - 10 * abs(math.log2(b.lr / best_lr)) + (5 if b.momentum == 0.996 else 0) + (3 if b.teacher_temp == 0.07 else 0)
+            score = (
+                50
+                - 10 * abs(math.log2(b.lr / best_lr))
+                + (5 if b.momentum == 0.996 else 0)
+                + (3 if b.teacher_temp == 0.07 else 0)
+            )
             out.append({"twins": {}, "score": score, "both_learn": learns(b)})
         return out
 
