@@ -120,6 +120,9 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("batch", "reps", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    unknown = [m for m in args.models.split(",") if m and open_clip.get_model_config(m) is None]
+    if unknown:
+        p.error(f"--models: unknown {unknown}; allowed: registered model names, e.g. {', '.join(MODELS)}")
     torch.set_num_threads(args.threads)
     result = {
         "command": shlex.join(["python -m benchmarks.optimizer_bench", *argv]),

@@ -298,11 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base = recipe_mod.load()
     except Exception:  # noqa: BLE001 (the first study writes the first recipe)
-        base = recipe_mod.Recipe(epochs=args.epochs or 8, lr={k: 1e-3 for k in MODELS})
-    args.epochs = args.epochs or base.epochs
-    args.batch_size = args.batch_size or base.batch_size
+        base = recipe_mod.Recipe(
+            epochs=8 if args.epochs is None else args.epochs, lr={k: 1e-3 for k in MODELS}
+        )
+    # None means 'the recipe's'; 0 is a value, refused below (not silently replaced by the default)
+    args.epochs = base.epochs if args.epochs is None else args.epochs
+    args.batch_size = base.batch_size if args.batch_size is None else args.batch_size
     base = replace(base, batch_size=args.batch_size)
-    args.short_epochs = args.short_epochs or max(1, args.epochs // 3)
+    args.short_epochs = max(1, args.epochs // 3) if args.short_epochs is None else args.short_epochs
     problem = next((f"--{n.replace('_', '-')} must be >= 1" for n in ("epochs", "short_epochs", "seeds", "threads", "slots", "batch_size")
                     if getattr(args, n) < 1), None)  # fmt: skip
     if problem is None and not all(math.isfinite(lr) and lr > 0 for lr in args.lrs):

@@ -253,3 +253,14 @@ def test_a_secondary_metric_reads_by_its_holm_corrected_p():
     assert rows[SECONDARY[0]].endswith("SPARO ahead |")  # corrected p below 0.05
     assert all(rows[m].endswith("no difference after Holm |") for m in SECONDARY[1:] if m in rows)
     assert all(rows[m].endswith("SPARO ahead |") for m in PRIMARY)
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--epochs", "--short-epochs", "--seeds"])
+def test_a_zero_is_refused_in_one_line_not_replaced_by_the_recipes_value(sandbox, capsys, flag):
+    fake, root, tmp = sandbox
+    recipe_mod.write(recipe_mod.Recipe(epochs=3, lr={"CLIP": 1e-3, "SPARO": 1e-3}))
+    argv = ["--stage", "compare", flag, "0", "--out", str(tmp / "runs"), "--data", str(tmp / "data")]
+    assert study.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"study: error: {flag} must be >= 1" and fake.trained == []
+    assert not (tmp / "runs" / "study.json").exists()
