@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import platform
 import sys
 import time
@@ -34,13 +35,16 @@ from typing import Any
 import torch
 
 from sparo_clip.experiment import recipe as recipe_mod
+from sparo_clip.experiment.controls import text_only_controls
 from sparo_clip.experiment.metrics import metric_values, run_intervals
 from sparo_clip.experiment.runs import (
     MODELS,
     TrainCfg,
     evaluate,
+    evaluations_saved,
     steps_per_epoch,
     train_runs,
+    untrained_checkpoint,
     validation_ceiling,
     world_for,
 )
@@ -229,25 +233,56 @@ def compare_stage(
             for seed in worlds
             for label, model in MODELS.items()
         }
-        runs = train_runs(jobs, out, slots=args.slots)
-        per_seed, intervals, curves = {}, {}, {}
+
+        def evaluated(name: str, ckpt: str, epochs: int = epochs) -> bool:
+            label, seed = name.split("-", 1)[0], name.rsplit("seed", 1)[1]
+            override = sparo_override if label == "SPARO" else None
+            return evaluations_saved(out / "eval" / f"e{epochs}-seed{seed}" / label, ckpt, override)
+
+        runs = train_runs(jobs, out, slots=args.slots, evaluated=evaluated)
+        per_seed, intervals, curves, blank = {}, {}, {}, {}
         for seed, data in worlds.items():
-            per_seed[seed], intervals[seed], curves[seed] = {}, {}, {}
+            per_seed[seed], intervals[seed], curves[seed], blank[seed] = {}, {}, {}, {}
             for label, model in MODELS.items():
                 run = runs[f"{label}-e{epochs}-seed{seed}"]
                 where = out / "eval" / f"e{epochs}-seed{seed}" / label
                 override = sparo_override if label == "SPARO" else None
-                per_seed[seed][label] = metric_values(
-                    evaluate(model, run["checkpoint"], data, where, reuse=True, override=override)
-                )
+                results = evaluate(model, run["checkpoint"], data, where, reuse=True, override=override)
+                per_seed[seed][label] = metric_values(results)
+                blank[seed][label] = {k: results[f"{k}_blank"]["groups"] for k in ("binding", "sugarcrepe")}
                 intervals[seed][label] = {k: v.__dict__ for k, v in run_intervals(where).items()}
                 curves[seed][label] = run["curve"]
                 if not args.keep_checkpoints:
                     Path(run["checkpoint"]).unlink(missing_ok=True)
         comparison = {k: v.__dict__ | {"diff": v.diff.__dict__} for k, v in compare(per_seed).items()}
         budgets[epochs] = {"per_seed": per_seed, "intervals": intervals, "curves": curves, "comparison": comparison,
-                           "steps": epochs * steps_per_epoch(data, recipe.batch_size)}  # fmt: skip
+                           "blank": blank, "steps": epochs * steps_per_epoch(data, recipe.batch_size)}  # fmt: skip
     return budgets
+
+
+def controls_and_untrained(
+    args: argparse.Namespace, recipe: recipe_mod.Recipe, sparo_override: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Per comparison seed: the text-only reader's accuracy on every matching set (fit on that world's training
+    captions), and both models at their seeded initialisation, evaluated like the trained ones (the untrained
+    rows; their checkpoints are removed once evaluated unless ``--keep-checkpoints``)."""
+    out = Path(args.out) / "compare"
+    text_only, untrained = {}, {}
+    for seed in range(args.seeds):
+        data = world_for(seed, args.data, recipe.world, recipe.sizes())
+        text_only[seed] = text_only_controls(data)
+        untrained[seed] = {}
+        for label, model in MODELS.items():
+            override = sparo_override if label == "SPARO" else None
+            where = out / "eval" / f"untrained-seed{seed}" / label
+            ckpt = out / "untrained" / f"{label}-seed{seed}.pt"
+            if not evaluations_saved(where, ckpt, override):
+                untrained_checkpoint(model, ckpt, seed, override)
+            results = evaluate(model, ckpt, data, where, reuse=True, override=override)
+            untrained[seed][label] = metric_values(results)
+            if not args.keep_checkpoints:
+                ckpt.unlink(missing_ok=True)
+    return {"text_only": text_only, "untrained": untrained}
 
 
 def comparison_recipe(
@@ -266,6 +301,18 @@ def comparison_recipe(
     shape = tuple(int(x) for x in tuning["slot_shape"].split("x"))
     override = None if shape == _sparo_shape() else slot_override(shape)
     return replace(recipe, lr=dict(tuning["lr"]), batch_size=batch_size), override
+
+
+def save_state(path: Path, state: dict[str, Any], loaded: dict[str, Any]) -> dict[str, Any]:
+    """Write the keys this call changed into the cache as it is on disk now, atomically: two study calls on one
+    ``--out`` (say a plateau stage and a docs rewrite) keep each other's results. Returns what was written."""
+    current = json.loads(path.read_text()) if path.is_file() else {}
+    current |= {k: v for k, v in state.items() if loaded.get(k) != v}
+    text = json.dumps(current, indent=1, default=lambda v: None) + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return json.loads(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,13 +357,16 @@ def main(argv: list[str] | None = None) -> int:
                     if getattr(args, n) < 1), None)  # fmt: skip
     if problem is None and not all(math.isfinite(lr) and lr > 0 for lr in args.lrs):
         problem = f"--lrs {args.lrs}: expected positive, finite learning rates"
+    out = Path(args.out)
+    state_path = out / "study.json"
+    state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    if problem is None and args.write_docs and args.stage in ("tune", "plateau") and "compare" not in state:
+        problem = f"--write-docs needs a comparison: {state_path} has none yet (run --stage compare)"
     if problem:
         print(f"study: error: {problem}", file=sys.stderr)
         return 2
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    state_path = out / "study.json"
-    state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    loaded = json.loads(json.dumps(state))
     t = time.perf_counter()
     if args.stage in ("tune", "all"):
         state["tuning"] = tune(args, base)
@@ -331,15 +381,19 @@ def main(argv: list[str] | None = None) -> int:
         recipe = recipe_mod.load()
         trained_with, sparo_override = comparison_recipe(state, recipe, args.batch_size)
         state["compare"] = {str(k): v for k, v in compare_stage(args, trained_with, sparo_override).items()}
+        state["controls"] = controls_and_untrained(args, trained_with, sparo_override)
         state["recipe"] = recipe.to_dict()  # the main job's (its default budget)
         state["compare_recipe"] = trained_with.to_dict() | {"sparo_override": sparo_override}
-    state["settings"] = {
+    settings = {
         "epochs": args.epochs, "short_epochs": args.short_epochs, "batch_size": args.batch_size, "seeds": args.seeds, "tune_seed": args.tune_seed,
         "command": "python -m benchmarks.study " + " ".join(args.argv),
         "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} thread(s) per run",
         "seconds_this_call": time.perf_counter() - t,
     }  # fmt: skip
-    state_path.write_text(json.dumps(state, indent=1, default=lambda v: None) + "\n")
+    if args.stage in ("compare", "all"):
+        state["settings"] = settings  # what docs/study.md says was run: the comparison's call
+    state["last_call"] = settings
+    state = save_state(state_path, state, loaded)
     if args.write_docs:
         from benchmarks.study_doc import write_study_doc
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sparo_clip.commands.quickstart_report import mean_sd
-from sparo_clip.experiment.metrics import BY_LABEL, PRIMARY, SECONDARY
+from sparo_clip.experiment.metrics import BY_LABEL, CONTROL_RANGE, METRICS, PRIMARY, SECONDARY
 from sparo_clip.experiment.stats import PLATEAU_TOLERANCE, PLATEAU_WINDOW, plateau
 
 CURVE_BEGIN, CURVE_END = "<!-- plateau-curve:begin -->", "<!-- plateau-curve:end -->"
@@ -162,6 +162,80 @@ def _plateau_section(state: dict[str, Any], doc: Path) -> list[str]:
     return [*lines, ""]
 
 
+def _span(values: list[float]) -> str:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return "n/a"
+    return _f(vals[0]) if min(vals) == max(vals) else f"{_f(min(vals))}–{_f(max(vals))}"
+
+
+def controls_section(state: dict[str, Any]) -> list[str]:
+    """Both models at initialisation (mean ± sd over seeds), and the controls of every matching set: the
+    text-only reader and each model's preference with a blank image, at every budget, as min–max over seeds;
+    a set with a control outside CONTROL_RANGE is flagged."""
+    controls, compare = state.get("controls"), state["compare"]
+    if not controls:
+        return []
+    budgets = sorted(compare, key=int)
+    untrained = controls["untrained"]
+    lines = [
+        "## The untrained models and the controls",
+        "",
+        f"Both models at their seeded initialisation, evaluated like the trained ones ({len(untrained)} seeds, "
+        "mean ± sd): what a score means when nothing was learned.",
+        "",
+        "| metric | tiny-CLIP, untrained | tiny-SPARO, untrained |",
+        "|---|---|---|",
+    ]
+    for m in METRICS:
+        cells = [
+            mean_sd([untrained[seed][label][m.label] for seed in untrained]) for label in ("CLIP", "SPARO")
+        ]
+        lines.append(f"| {m.label} | {cells[0]} | {cells[1]} |")
+    low, high = CONTROL_RANGE
+    head = "| set | task | group | text-only reader |"
+    head += "".join(f" tiny-{m}, blank image, {b} epochs |" for b in budgets for m in ("CLIP", "SPARO"))
+    lines += [
+        "",
+        "Controls of every matching set, min–max over seeds: the text-only reader (a bigram model fit on each "
+        "world's training captions, scoring the two captions without the image) and each trained model's "
+        f"preference with a blank image. Near 0.5 means the set cannot be solved without the image; a set with a "
+        f"control outside [{low}, {high}] is flagged. The sets are built in mirrored pairs (each item has a twin on "
+        "another image with the two captions swapped, docs/data.md), so any reader that ignores the image scores "
+        "exactly 0.500; the rows check that construction on the sets this study used.",
+        "",
+        head + " items per seed |",
+        "|---|---|---|---|" + "---|" * (2 * len(budgets)) + "---|",
+    ]
+    flagged = []
+    text_only = controls["text_only"]
+    first = next(iter(text_only.values()))
+    for name, tasks in first.items():
+        for task, groups in tasks.items():
+            for group in groups:
+                cells = [[text_only[seed][name][task][group]["accuracy"] for seed in text_only]]
+                for b in budgets:
+                    blank = compare[b].get("blank", {})
+                    for m in ("CLIP", "SPARO"):
+                        cells.append([blank[seed][m][name].get(group, {}).get(task) for seed in blank])
+                values = [v for c in cells for v in c if v is not None]
+                bad = any(not low <= v <= high for v in values)
+                if bad:
+                    flagged.append(f"{name}/{task} {group}")
+                items = _span([float(text_only[seed][name][task][group]["items"]) for seed in text_only])
+                lines.append(
+                    f"| {name} | {task} | {group} | "
+                    + " | ".join(_span(c) for c in cells)
+                    + f" | {items.replace('.000', '')}{' **flagged**' if bad else ''} |"
+                )
+    lines += [
+        "",
+        f"Flagged: {', '.join(flagged)}." if flagged else f"No control falls outside [{low}, {high}].",
+        "",
+    ]
+    return lines
+
+
 def write_study_doc(state: dict[str, Any], path: Path) -> None:
     """docs/study.md: what was run, the tuning, the plateau, the comparison per budget, a plain conclusion."""
     s, tuning, compare = state["settings"], state["tuning"], state["compare"]
@@ -248,6 +322,7 @@ def write_study_doc(state: dict[str, Any], path: Path) -> None:
                 f"{reading} |"
             )
         lines.append("")
+    lines += controls_section(state)
     comp = compare[final]["comparison"]
     final_flat = _flat_counts(compare[final].get("curves", {}))
     readings = [f"{m}: {verdict(comp[m]['diff'])} ({_interval(comp[m]['diff'])})" for m in PRIMARY]

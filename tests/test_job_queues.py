@@ -90,8 +90,13 @@ def test_a_finished_run_is_reused_only_if_its_recorded_model_is_the_one_its_name
     (run / "model_config.json").write_text(json.dumps({"model_cfg": earlier}))
     assert runs._finished(run, settings) is None
     (run / "model_config.json").write_text(json.dumps({"model_cfg": today}))
-    (run / "run.json").write_text('{"settings": ')  # torn by a crash: trained again, no traceback
+    # a study removed the checkpoint after evaluating it: reused only where every evaluation of it is saved
+    ckpt.unlink()
     assert runs._finished(run, settings) is None
+    assert runs._finished(run, settings, lambda c: False) is None
+    assert runs._finished(run, settings, lambda c: c == str(ckpt)) is not None
+    (run / "run.json").write_text('{"settings": ')  # torn by a crash: trained again, no traceback
+    assert runs._finished(run, settings, lambda c: True) is None
 
 
 def test_evaluate_gives_every_eval_the_override_the_checkpoint_was_trained_with(tmp_path, monkeypatch):
@@ -122,5 +127,11 @@ def test_evaluate_gives_every_eval_the_override_the_checkpoint_was_trained_with(
     assert all(json.loads(a[a.index("--override-model-config") + 1]) == shape for a in calls)
     runs.evaluate("tiny-SPARO", "ck.pt", data, tmp_path, reuse=True, override=shape)  # the same: all reused
     assert len(calls) == len(runs.EVALUATIONS)
+    assert runs.evaluations_saved(tmp_path, "ck.pt", shape)
+    assert not runs.evaluations_saved(tmp_path, "other.pt", shape)
+    assert not runs.evaluations_saved(tmp_path, "ck.pt")  # saved with another model config
     runs.evaluate("tiny-SPARO", "ck.pt", data, tmp_path, reuse=True)  # another model config: all run again
     assert len(calls) == 2 * len(runs.EVALUATIONS) and "--override-model-config" not in calls[-1]
+    assert runs.evaluations_saved(tmp_path, "ck.pt")
+    (tmp_path / "binding_blank_items.pt").unlink()  # one evaluation's per-item scores lost: not all saved
+    assert not runs.evaluations_saved(tmp_path, "ck.pt")

@@ -30,7 +30,7 @@ class FakeRuns:
     def __init__(self):
         self.trained = []
 
-    def train_runs(self, runs, out, slots=1):
+    def train_runs(self, runs, out, slots=1, evaluated=None):
         out_records = {}
         for label, (cfg, _data) in runs.items():
             self.trained.append((label, cfg))
@@ -56,8 +56,19 @@ class FakeRuns:
         value = 0.5 + ahead + 0.01 * seed
         groups = {g: {"mean": value, "swap_att": value} for g in ("seen", "novel")}
         r1 = {"image_to_text_R@1": 0.5, "text_to_image_R@1": 0.5}  # equal for both: no difference
+        blank = {g: {"mean": 0.5, "swap_att": 0.5} for g in ("seen", "novel")}  # a caption prior of none
+        if "untrained" in str(ckpt):
+            value = 0.25  # what an untrained model scores, seen in the doc's untrained rows
+            groups = {g: {"mean": value, "swap_att": value} for g in ("seen", "novel")}
         return {"binding": {"groups": groups}, "compositional": {"auc": value, "best_hm": value, "unseen": value,
-                "seen": value}, "sugarcrepe": {"groups": groups}, "retrieval": {"groups": {"seen": r1, "novel": r1}}}  # fmt: skip
+                "seen": value}, "sugarcrepe": {"groups": groups}, "retrieval": {"groups": {"seen": r1, "novel": r1}},
+                "binding_blank": {"groups": blank}, "sugarcrepe_blank": {"groups": blank}}  # fmt: skip
+
+    text_only = 0.5  # the text-only reader's accuracy on every set
+
+    def text_only_controls(self, data):
+        row = {g: {"accuracy": self.text_only, "items": 200} for g in ("seen", "novel")}
+        return {"binding": {"swap_att": row}, "sugarcrepe": {"swap_att": row}}
 
 
 @pytest.fixture
@@ -66,6 +77,9 @@ def sandbox(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "train_runs", fake.train_runs)
     monkeypatch.setattr(study, "world_for", fake.world_for)
     monkeypatch.setattr(study, "evaluate", fake.evaluate)
+    monkeypatch.setattr(study, "text_only_controls", fake.text_only_controls)
+    monkeypatch.setattr(study, "untrained_checkpoint", lambda model, path, seed, override=None: path)
+    monkeypatch.setattr(study, "evaluations_saved", lambda out, ckpt, override=None: False)
     monkeypatch.setattr(study, "validation_ceiling", lambda data: 0.55)
     monkeypatch.setattr(
         study, "run_intervals", lambda where: {m: Interval(0.5, 0.4, 0.6, 10) for m in (*PRIMARY, *SECONDARY)}
@@ -172,6 +186,28 @@ def test_comparison_over_seeds_and_budgets_writes_a_plain_conclusion(sandbox):
     assert "may change with longer training" not in doc  # every run at the longest budget met the rule
     seeds = {cfg.seed for _, cfg in fake.trained}
     assert seeds == {0, 1, 2}
+    # the untrained rows and the controls: every seed, both models, every budget's blank-image preference
+    assert "## The untrained models and the controls" in doc
+    assert "| clean binding, seen pairs | 0.250 ± 0.000 | 0.250 ± 0.000 |" in doc
+    assert "| binding | swap_att | seen | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 | 200 |" in doc
+    assert "No control falls outside [0.45, 0.55]." in doc and "**flagged**" not in doc
+    assert set(state["controls"]["untrained"]) == {"0", "1", "2"}
+
+
+def test_a_control_outside_the_range_is_flagged_in_the_study(sandbox):
+    fake, root, tmp = sandbox
+    fake.text_only = 0.7  # a set the captions alone solve
+    recipe_mod.write(recipe_mod.Recipe(epochs=2, lr={"CLIP": 1e-3, "SPARO": 1e-3}))
+    argv = ["--stage", "compare", "--seeds", "2", "--epochs", "2", "--short-epochs", "2", "--out", str(tmp / "runs"),
+            "--data", str(tmp / "data"), "--write-docs"]  # fmt: skip
+    (tmp / "runs").mkdir()
+    (tmp / "runs" / "study.json").write_text(json.dumps({"tuning": {"lr": {"CLIP": 1e-3, "SPARO": 1e-3},
+        "lr_scores": {"CLIP": {"0.001": 0.6}, "SPARO": {"0.001": 0.6}}, "slot_shape": "8x32",
+        "slot_scores": {"8x32": 0.6}, "tune_seed": 1000}}))  # fmt: skip
+    assert study.main(argv) == 0
+    doc = (root / "docs" / "study.md").read_text()
+    assert "| binding | swap_att | seen | 0.700 | 0.500 | 0.500 | 200 **flagged** |" in doc
+    assert "Flagged: binding/swap_att seen, binding/swap_att novel, sugarcrepe/swap_att seen" in doc
 
 
 def test_comparison_past_the_main_jobs_budget_says_which_budget_each_reading_is_at(sandbox):
@@ -264,3 +300,25 @@ def test_a_zero_is_refused_in_one_line_not_replaced_by_the_recipes_value(sandbox
     err = capsys.readouterr().err.strip()
     assert err == f"study: error: {flag} must be >= 1" and fake.trained == []
     assert not (tmp / "runs" / "study.json").exists()
+
+
+def test_two_calls_on_one_cache_keep_each_others_results(tmp_path):
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps({"tuning": {"lr": 1}}))
+    loaded = json.loads(path.read_text())  # a plateau stage starts ...
+    path.write_text(
+        json.dumps({"tuning": {"lr": 1}, "controls": {"seen": 0.5}})
+    )  # ... a docs rewrite ends first
+    written = study.save_state(path, loaded | {"plateau": {"flat": True}}, loaded)
+    assert written == json.loads(path.read_text())
+    assert written == {"tuning": {"lr": 1}, "controls": {"seen": 0.5}, "plateau": {"flat": True}}
+    assert [p.name for p in tmp_path.iterdir()] == ["study.json"]  # no temporary file left
+
+
+def test_write_docs_without_a_comparison_is_refused_before_any_work(sandbox, capsys):
+    fake, root, tmp = sandbox
+    recipe_mod.write(recipe_mod.Recipe(epochs=2, lr={"CLIP": 1e-3, "SPARO": 1e-3}))
+    assert study.main(["--stage", "tune", "--out", str(tmp / "runs"), "--write-docs"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("study: error: --write-docs needs a comparison") and "\n" not in err
+    assert fake.trained == []

@@ -45,12 +45,12 @@ from sparo_clip.experiment.runs import (
     choose_slots_on_validation,
     evaluate,
     train_runs,
+    untrained_checkpoint,
     validation_ceiling,
     world_for,
 )
 from sparo_clip.experiment.seeds import compare
 from sparo_clip.inputs import check_writable_folder
-from sparo_clip.models.builder import create_model
 from sparo_clip.models.param_count import count_model_parameters
 
 _logger = logging.getLogger("sparo_clip.quickstart")
@@ -84,13 +84,6 @@ def train_cfgs(recipe: recipe_mod.Recipe, seed: int, epochs: int, threads: int |
         )
         for label, model in MODELS.items()
     }
-
-
-def untrained_checkpoint(model: str, path: Path, seed: int) -> Path:
-    """A model at its seeded initialisation, saved like a trained one (the untrained reference row)."""
-    torch.manual_seed(seed)
-    torch.save(create_model(model).state_dict(), path)
-    return path
 
 
 def draw_pictures(model: str, ckpt: Path, data: dict[str, Any], out: Path) -> list[str]:

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,9 +165,15 @@ def validation_ceiling(data: dict[str, Any]) -> float:
     return sum(1 / ties[c] for c in contents) / len(contents) if contents else float("nan")
 
 
-def _finished(run: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+def _finished(
+    run: Path, settings: dict[str, Any], evaluated: Callable[[str], bool] | None = None
+) -> dict[str, Any] | None:
     """A finished run with these settings whose recorded model is the one these settings build today (a model
-    name names whatever its config file says now: a run of an earlier tiny-SPARO shape is not reused)."""
+    name names whatever its config file says now: a run of an earlier tiny-SPARO shape is not reused).
+
+    Its checkpoint must exist, unless ``evaluated(checkpoint)`` says every evaluation of it is saved (a study
+    removes checkpoints it has evaluated: rewriting its docs must not train them again).
+    """
     from sparo_clip.models.builder import resolve_model_config
 
     stamp, recorded = run / "run.json", run / "model_config.json"
@@ -174,7 +181,10 @@ def _finished(run: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
         return None
     try:  # a torn or hand-edited record is a run to train again, not a crash
         record, model = json.loads(stamp.read_text()), json.loads(recorded.read_text())
-        if record.get("settings") != settings or not Path(record["checkpoint"]).is_file():
+        if record.get("settings") != settings:
+            return None
+        ckpt = str(record["checkpoint"])
+        if not Path(ckpt).is_file() and not (evaluated is not None and evaluated(ckpt)):
             return None
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         _logger.warning("%s: its run.json or model_config.json cannot be read: training it again", run)
@@ -184,7 +194,10 @@ def _finished(run: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def train_runs(
-    runs: dict[str, tuple[TrainCfg, dict[str, Any]]], out: str | Path, slots: int = 1
+    runs: dict[str, tuple[TrainCfg, dict[str, Any]]],
+    out: str | Path,
+    slots: int = 1,
+    evaluated: Callable[[str, str], bool] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Train every run (reusing finished ones), ``slots`` at a time, each with ``cfg.threads`` threads.
 
@@ -192,6 +205,8 @@ def train_runs(
         runs: run name (its folder under ``out/logs``) -> (its settings, the world it trains on).
         slots: how many trainings share the machine at once (a queue over all runs: no core idles while the
             other run of a pair is still going).
+        evaluated: ``evaluated(name, checkpoint)``: whether every evaluation of that run's checkpoint is saved;
+            such a run is reused even after its checkpoint was removed.
 
     Returns:
         Per run name its record: settings, checkpoint, seconds, steps, validation curve.
@@ -203,7 +218,8 @@ def train_runs(
     records: dict[str, dict[str, Any]] = {}
     queue: list[str] = []
     for name, (cfg, data) in runs.items():
-        record = _finished(logs / name, asdict(cfg) | {"world": data["settings"]})
+        check = None if evaluated is None else (lambda ckpt, name=name: evaluated(name, ckpt))
+        record = _finished(logs / name, asdict(cfg) | {"world": data["settings"]}, check)
         if record is not None:
             _logger.info("%s: reusing %s", name, record["checkpoint"])
             records[name] = record
@@ -325,17 +341,45 @@ def evaluate(
     results = {}
     for key, argv in jobs.items():
         done = out / f"{key}.json"
-        if reuse and done.is_file() and (out / f"{key}_items.pt").is_file():
-            saved = json.loads(done.read_text())
-            same_model = (
-                saved.get("pretrained") == str(ckpt) and saved.get("override_model_config") == override
-            )
-            if same_model and (slots is None) == (saved.get("slots") is None):
-                results[key] = saved["metrics"]
-                continue
+        saved = _saved(out, key, ckpt, override, slots) if reuse else None
+        if saved is not None:
+            results[key] = saved["metrics"]
+            continue
         items = ["--save-items", str(out / f"{key}_items.pt")]
         results[key] = _eval([*argv, *common, *items], done)["metrics"]
     return results
+
+
+def _saved(
+    out: Path, key: str, ckpt: str | Path, override: dict[str, Any] | None, slots: str | None
+) -> dict[str, Any] | None:
+    """The saved result of one evaluation of this checkpoint (same override, slots or not), or None."""
+    done = out / f"{key}.json"
+    if not (done.is_file() and (out / f"{key}_items.pt").is_file()):
+        return None
+    try:
+        saved = json.loads(done.read_text())
+    except (OSError, ValueError):
+        return None
+    same_model = saved.get("pretrained") == str(ckpt) and saved.get("override_model_config") == override
+    return saved if same_model and (slots is None) == (saved.get("slots") is None) else None
+
+
+def evaluations_saved(out: str | Path, ckpt: str | Path, override: dict[str, Any] | None = None) -> bool:
+    """Whether every evaluation :func:`evaluate` makes of this checkpoint is saved under ``out``."""
+    return all(_saved(Path(out), key, ckpt, override, None) is not None for key in EVALUATIONS)
+
+
+def untrained_checkpoint(model: str, path: Path, seed: int, override: dict[str, Any] | None = None) -> Path:
+    """A model at its seeded initialisation, saved like a trained one (the untrained reference row)."""
+    import torch
+
+    from sparo_clip.models.builder import create_model
+
+    torch.manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(create_model(model, override_config=override).state_dict(), path)
+    return path
 
 
 def choose_slots_on_validation(
