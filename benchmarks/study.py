@@ -173,8 +173,9 @@ def plateau_evidence(
         for name, (run_name, _) in jobs.items():
             run = runs[run_name]
             curve = [p["val_r1"] for p in run["curve"]]
-            verdict = plateau(curve)
+            verdict = plateau(curve, ceiling=evidence["val_ceiling"])
             evidence[name] = {"curve": run["curve"], "flat": verdict.flat, "gain": verdict.gain,
+                              "at_ceiling": verdict.at_ceiling, "headroom": verdict.headroom,
                               "final": curve[-1], "seconds": run["seconds"]}  # fmt: skip
     return evidence
 
@@ -256,7 +257,8 @@ def compare_stage(
                     Path(run["checkpoint"]).unlink(missing_ok=True)
         comparison = {k: v.__dict__ | {"diff": v.diff.__dict__} for k, v in compare(per_seed).items()}
         budgets[epochs] = {"per_seed": per_seed, "intervals": intervals, "curves": curves, "comparison": comparison,
-                           "blank": blank, "steps": epochs * steps_per_epoch(data, recipe.batch_size)}  # fmt: skip
+                           "blank": blank, "ceilings": {seed: validation_ceiling(data) for seed, data in worlds.items()},
+                           "steps": epochs * steps_per_epoch(data, recipe.batch_size)}  # fmt: skip
     return budgets
 
 

@@ -61,8 +61,7 @@ def write_quickstart_curve(evidence: dict[str, Any], args: Any, doc: Path) -> No
         f"Measured by `python -m benchmarks.study --stage plateau --write-recipe` on the tuning world (seed "
         f"{args.tune_seed}, not one the comparison uses): each model with its chosen learning rate, trained "
         f"{args.epochs} epochs (the default) and {2 * args.epochs} epochs ({evidence['steps_per_epoch']} steps per "
-        f"epoch). The plateau rule: flat when the best validation R@1 of the last {PLATEAU_WINDOW:.0%} of the "
-        f"epochs exceeds the best before them by less than {PLATEAU_TOLERANCE}."
+        f"epoch). The plateau rule: {RULE}."
         + (
             f" The content ceiling ({evidence['val_ceiling']:.3f}) is the validation R@1 of a model that reads "
             "exactly which coloured shapes each caption and image hold and nothing else (captions naming the same "
@@ -81,7 +80,7 @@ def write_quickstart_curve(evidence: dict[str, Any], args: Any, doc: Path) -> No
             label, epochs = name.rsplit("-e", 1)
             lines.append(
                 f"| tiny-{label}, {epochs} epochs | {run['final']:.3f} | {run['gain']:+.3f} | "
-                f"{'flat' if run['flat'] else 'still rising'} |"
+                f"{_verdict_word(run)} |"
             )
     runs = {name: run for name, run in evidence.items() if isinstance(run, dict) and "curve" in run}
     for epochs in (args.epochs, 2 * args.epochs):
@@ -92,6 +91,21 @@ def write_quickstart_curve(evidence: dict[str, Any], args: Any, doc: Path) -> No
             + (" (the default budget)." if epochs == args.epochs else ".")
         )
     _replace_block(doc, CURVE_BEGIN, CURVE_END, "\n".join(lines))
+
+
+RULE = (
+    f"flat when the best validation R@1 of the last {PLATEAU_WINDOW:.0%} of the epochs exceeds the best before "
+    f"them by less than {PLATEAU_TOLERANCE}, or when the best lies within {PLATEAU_TOLERANCE} of the content "
+    f"ceiling (no further training can gain {PLATEAU_TOLERANCE}; this clause was added after the 32-epoch "
+    "tuning-world runs, docs/quickstart.md)"
+)
+
+
+def _verdict_word(run: dict[str, Any]) -> str:
+    if run.get("at_ceiling"):
+        where = "at" if run["headroom"] <= 0 else f"within {run['headroom']:.3f} of"
+        return f"flat ({where} the content ceiling)"
+    return "flat" if run["flat"] else "still rising"
 
 
 def _f(x: Any) -> str:
@@ -115,15 +129,18 @@ def verdict(d: dict[str, Any]) -> str:
     return "no difference detected"
 
 
-def _flat_counts(curves: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, tuple[int, int]]:
-    """Per model: how many seeds' validation curves meet the plateau rule, of how many judged."""
+def _flat_counts(
+    curves: dict[str, dict[str, list[dict[str, float]]]], ceilings: dict[str, float] | None = None
+) -> dict[str, tuple[int, int]]:
+    """Per model: how many seeds' validation curves meet the plateau rule (with each seed's content ceiling when
+    known), of how many judged."""
     out: dict[str, list[int]] = {}
-    for per_model in curves.values():
+    for seed, per_model in curves.items():
         for label, curve in per_model.items():
             values = [p["val_r1"] for p in curve]
             if len(values) >= 3:
                 out.setdefault(label, [0, 0])
-                out[label][0] += int(plateau(values).flat)
+                out[label][0] += int(plateau(values, ceiling=(ceilings or {}).get(seed)).flat)
                 out[label][1] += 1
     return {k: (v[0], v[1]) for k, v in out.items()}
 
@@ -140,8 +157,7 @@ def _plateau_section(state: dict[str, Any], doc: Path) -> list[str]:
         "## Where the models stop improving (the tuning world)",
         "",
         "Each model with its chosen learning rate on the tuning world, at the tuned budget and twice it "
-        f"(`--stage plateau`). The plateau rule: flat when the best validation R@1 of the last "
-        f"{PLATEAU_WINDOW:.0%} of the epochs exceeds the best before them by less than {PLATEAU_TOLERANCE}."
+        f"(`--stage plateau`). The plateau rule: {RULE}."
         + (
             f" Content ceiling {evidence['val_ceiling']:.3f} (captions naming the same objects tie)."
             if evidence.get("val_ceiling") is not None
@@ -157,7 +173,7 @@ def _plateau_section(state: dict[str, Any], doc: Path) -> list[str]:
         label, epochs = name.rsplit("-e", 1)
         lines.append(
             f"| tiny-{label}, {epochs} epochs | {run['final']:.3f} | {run['gain']:+.3f} | "
-            f"{'flat' if run['flat'] else 'still rising'} |"
+            f"{_verdict_word(run)} |"
         )
     return [*lines, ""]
 
@@ -297,7 +313,7 @@ def write_study_doc(state: dict[str, Any], path: Path) -> None:
             "| metric | tiny-CLIP (mean ± sd) | tiny-SPARO (mean ± sd) | SPARO − CLIP [95%] | p | p, Holm | reading |",
             "|---|---|---|---|---|---|---|",
         ]
-        flat = _flat_counts(compare[b].get("curves", {}))
+        flat = _flat_counts(compare[b].get("curves", {}), compare[b].get("ceilings"))
         plateau_line = (
             "Plateau rule on the validation curves: "
             + ", ".join(f"tiny-{m} flat in {k} of {n} seeds" for m, (k, n) in sorted(flat.items()))
@@ -324,7 +340,7 @@ def write_study_doc(state: dict[str, Any], path: Path) -> None:
         lines.append("")
     lines += controls_section(state)
     comp = compare[final]["comparison"]
-    final_flat = _flat_counts(compare[final].get("curves", {}))
+    final_flat = _flat_counts(compare[final].get("curves", {}), compare[final].get("ceilings"))
     readings = [f"{m}: {verdict(comp[m]['diff'])} ({_interval(comp[m]['diff'])})" for m in PRIMARY]
     ahead = [m for m in SECONDARY if comp[m]["p_holm"] is not None and comp[m]["p_holm"] < 0.05]
     lines += [

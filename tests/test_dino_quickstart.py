@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,9 @@ def test_quickstart_small_reports_both_twins_over_seeds_with_paired_intervals(tm
                     )
             diag = twin["diagnostics"]
             assert diag["h_target"] is not None and 0 <= diag["h_target"] <= diag["log_k"] + 1e-6
+            for weights in ("trained", "init"):  # the same probes on colour and on shape labels
+                for task in quickstart.PROBES:
+                    assert all(0.0 <= twin[weights][task][f] <= 1.0 for f in quickstart.FACTORS)
     for key in ("knn all", "linear held_out"):
         comp = report["comparison"][key]
         pairs = zip(comp["CLS-DINO trained"], comp["SPARO-DINO trained"], strict=True)
@@ -36,6 +40,9 @@ def test_quickstart_small_reports_both_twins_over_seeds_with_paired_intervals(tm
         assert comp["diff"]["low"] <= comp["diff"]["mean"] <= comp["diff"]["high"]
     md = (out / "report.md").read_text()
     assert "SPARO − CLS" in md and "H(t\\|x)" in md and "untrained" in md
+    assert (
+        "| knn colour | knn shape | linear colour | linear shape |" in md and "Gain over the untrained" in md
+    )
     assert (out / "slot_attention.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a second run reuses the finished trainings (done.json matches the budget) and reports the same numbers
     assert quickstart.main(["--small", "--seeds", "2", "--out", str(out)]) == 0
@@ -83,3 +90,26 @@ def test_benchmark_runner_dino_section_and_target(tmp_path):
     assert any(t["target"].startswith("DINO train step SPARO/CLS") for t in result["targets"])
     text = doc.read_text()
     assert "old dino" not in text and f"{row['flop_ratio']:.3f}" in text
+
+
+def test_factor_probe_sets_relabel_every_probe_image_by_its_colour_and_its_shape(tmp_path):
+    from sparo_clip.dino.shapes import _factor_sets
+
+    world = {"colors": ["red", "light_blue"], "shapes": ["circle", "star"]}
+    for split in ("train", "val"):
+        for cls in ("red_circle", "light_blue_star", "red_star"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(2):
+                (tmp_path / split / cls / f"{i}.png").write_bytes(f"{split}{cls}{i}".encode())
+    sets = _factor_sets(tmp_path, world)
+    shape_val = sorted(
+        str(p.relative_to(sets["shape"]["val"])) for p in Path(sets["shape"]["val"]).rglob("*.png")
+    )
+    assert shape_val == ["circle/red_circle__0.png", "circle/red_circle__1.png", "star/light_blue_star__0.png",
+                         "star/light_blue_star__1.png", "star/red_star__0.png", "star/red_star__1.png"]  # fmt: skip
+    colour = Path(sets["colour"]["train"])
+    assert sorted(p.name for p in colour.iterdir()) == ["light_blue", "red"]  # a colour with an underscore
+    assert (colour / "light_blue" / "light_blue_star__1.png").read_bytes() == b"trainlight_blue_star1"
+    (tmp_path / "train" / "blue_square").mkdir()  # a class that is no colour-shape pair of the world
+    with pytest.raises(ValueError, match="blue_square: not a colour_shape class of this world"):
+        _factor_sets(tmp_path, world)

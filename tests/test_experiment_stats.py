@@ -80,6 +80,16 @@ def test_plateau_rule_on_synthetic_curves():
     assert not plateau([0.1, 0.2, 0.3, 0.30, 0.31, 0.36]).flat  # the last third still gains 0.05
     with pytest.raises(ValueError, match="at least 3"):
         plateau([0.1, 0.2])
+    # a curve that still gains 0.025 over its last third, but ends within 0.009 of the most it can reach
+    late = [0.40, 0.50, 0.545, 0.540, 0.558, 0.570, 0.563]
+    assert not plateau(late).flat and not plateau(late, ceiling=0.60).flat
+    verdict = plateau(late, ceiling=0.579)
+    assert verdict.flat and verdict.at_ceiling and verdict.headroom == pytest.approx(0.009)
+    assert (
+        verdict.gain == pytest.approx(0.025) and "within 0.009 of the content ceiling" in verdict.describe()
+    )
+    assert plateau(saturating, ceiling=0.9).flat and not plateau(saturating, ceiling=0.9).at_ceiling
+    assert not plateau(late, ceiling=float("nan")).flat  # an unknown ceiling is no ceiling
 
 
 def test_validation_ceiling_counts_ties_between_captions_of_the_same_objects(tmp_path):

@@ -149,6 +149,10 @@ def test_plateau_stage_writes_the_recipe_the_slot_shape_and_the_curve(sandbox):
         and "content ceiling (0.550)" in doc
         and (root / "docs" / "img" / "quickstart" / "plateau.png").is_file()
     )
+    # CLIP's 4-epoch curve gains 0.035 over its last third but ends above the ceiling: flat by the ceiling clause
+    clip = json.loads((tmp / "runs" / "study.json").read_text())["plateau"]["CLIP-e4"]
+    assert clip["gain"] > 0.02 and clip["flat"] and clip["at_ceiling"] and clip["headroom"] < 0
+    assert "| tiny-CLIP, 4 epochs | 0.598 | +0.035 | flat (at the content ceiling) |" in doc
     asked = {label: cfg.epochs for label, cfg in fake.trained[tuning_runs:]}
     # the budget is the chosen tuning runs (the real train_runs reuses them); twice it is trained anew
     assert asked == {"CLIP-lr0.001-seed1000": 4, "SPARO-8x32-lr0.008-seed1000": 4, "CLIP-e8-seed1000": 8,

@@ -52,7 +52,8 @@ MODELS = {"CLS-DINO": "tiny_dino", "SPARO-DINO": "tiny_sparo_dino"}
 WORLD = WorldCfg(image_size=32)  # 6 colours x 4 shapes, 20% of the pairs held out, a new choice per seed
 BEGIN, END = "<!-- dino-quickstart:begin -->", "<!-- dino-quickstart:end -->"
 PROBES = ("knn", "linear")
-GROUPS = ("all", "seen", "held_out")
+GROUPS = ("all", "seen", "held_out")  # colour-shape classes: all, seen in training images, held out of them
+FACTORS = ("colour", "shape")  # the same images, classes by one factor (a probe of its own)
 logger = logging.getLogger("sparo_clip.dino.quickstart")
 
 
@@ -173,6 +174,15 @@ def probe(ckpt: Path, probes: dict[str, Any], out: Path, linear_args: tuple[str,
         for group in ("seen", "held_out"):
             names = [c for c in probes[group] if c in per_class]
             row[group] = sum(per_class[c] for c in names) / len(names) if names else None
+        for factor, folders in probes.get("factors", {}).items():  # the same probe on one factor's labels
+            argv = [task, *common, *extra, "--train", folders["train"], "--val", folders["val"]]
+            path = out / f"{task}_{factor}.json"
+            with contextlib.redirect_stdout(io.StringIO()):
+                rc = eval_cli.main([*argv, "--output", str(path)])
+            if rc != 0:
+                raise RuntimeError(f"eval {task} ({factor}) of {ckpt} failed")
+            metrics = json.loads(path.read_text())["metrics"]
+            row[factor] = (metrics["k=20"] if task == "knn" else metrics)["top1"]
         result[task] = row
     return result
 
@@ -347,8 +357,9 @@ def _training_folder(data_dir: Path, folder: Path) -> str:
 def compare_twins(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Per probe and group: each twin's values over seeds (trained and untrained) and SPARO − CLS, paired by seed."""
     out: dict[str, Any] = {}
+    first = next(iter(per_seed.values()))["twins"]["CLS-DINO"]["trained"]
     for task in PROBES:
-        for group in GROUPS:
+        for group in (*GROUPS, *(f for f in FACTORS if f in first[task])):
             key = f"{task} {group}"
             vals = {
                 (name, w): [per_seed[s]["twins"][name][w][task][group] for s in sorted(per_seed)]
@@ -375,24 +386,25 @@ def _pct(values: list[float | None]) -> str:
     return f"{mean:.1f}" + ("" if math.isnan(sd) else f" ± {sd:.1f}")
 
 
-def report_table(report: dict[str, Any]) -> str:
-    """Top-1 % (mean ± sd over seeds) per twin, trained and untrained, and SPARO − CLS with its interval."""
+def report_table(report: dict[str, Any], groups: tuple[str, ...] = GROUPS) -> str:
+    """Top-1 % (mean ± sd over seeds) per twin, trained and untrained, and SPARO − CLS with its interval, for
+    each probe and each of ``groups`` (colour-shape class groups, or FACTORS)."""
     comp = report["comparison"]
     lines = [
         "| model | weights | "
-        + " | ".join(f"{t} {g.replace('_', '-')}" for t in PROBES for g in GROUPS)
+        + " | ".join(f"{t} {g.replace('_', '-')}" for t in PROBES for g in groups)
         + " |",
-        "|---|---|" + "---|" * (len(PROBES) * len(GROUPS)),
+        "|---|---|" + "---|" * (len(PROBES) * len(groups)),
     ]
     for name in MODELS:
         for w in ("trained", "init"):
-            cells = [_pct(comp[f"{t} {g}"][f"{name} {w}"]) for t in PROBES for g in GROUPS]
+            cells = [_pct(comp[f"{t} {g}"][f"{name} {w}"]) for t in PROBES for g in groups]
             lines.append(
                 f"| {name} | {'trained' if w == 'trained' else 'untrained'} | " + " | ".join(cells) + " |"
             )
     cells = []
     for t in PROBES:
-        for g in GROUPS:
+        for g in groups:
             d = comp[f"{t} {g}"]["diff"]
             cells.append(
                 f"{100 * d['mean']:+.1f}"
@@ -437,6 +449,45 @@ def reading(report: dict[str, Any]) -> str:
                 f"{label}: no difference detected ({100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}])"
             )
     return "; ".join(parts) + "."
+
+
+def gains(report: dict[str, Any]) -> str:
+    """Per twin: what training added over the same encoder at initialisation (mean over seeds, points), per probe
+    on all colour-shape classes and on each factor."""
+    comp = report["comparison"]
+    parts = []
+    for name in MODELS:
+        cells = []
+        for t in PROBES:
+            for g in ("all", *FACTORS):
+                if f"{t} {g}" not in comp:
+                    continue
+                row = comp[f"{t} {g}"]
+                trained, init = row[f"{name} trained"], row[f"{name} init"]
+                gain = 100 * (sum(trained) / len(trained) - sum(init) / len(init))
+                cells.append(f"{t} {g} {gain:+.1f}")
+        parts.append(f"{name} {', '.join(cells)}")
+    return (
+        "Gain over the untrained encoder (trained − untrained, mean over seeds, points): "
+        + "; ".join(parts)
+        + "."
+    )
+
+
+def factor_block(report: dict[str, Any]) -> str:
+    """The probes on one factor's labels (colour, shape), with how to read them; empty when not measured."""
+    if not all(f"knn {f}" in report["comparison"] for f in FACTORS):
+        return ""
+    world = report["world"]
+    return (
+        f"The same probes on one factor's labels (the same images and split; colour: {len(world['colors'])} "
+        f"classes, chance {100 / len(world['colors']):.1f}; shape: {len(world['shapes'])} classes, chance "
+        f"{100 / len(world['shapes']):.1f}). A random ViT already reads colour linearly, so a gain on the "
+        "colour-shape classes has to come from shape:\n\n"
+        + report_table(report, FACTORS)
+        + "\n\n"
+        + gains(report)
+    )
 
 
 def write_docs(block: str, doc: Path) -> None:
@@ -490,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sparo-dino quickstart: error: {one_line(e)}", file=sys.stderr)
         return 1
     table, diag = report_table(report), diagnostics_table(report)
+    factors = factor_block(report)
+    table += f"\n\n{factors}" if factors else ""
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "report.md").write_text(f"{reading(report)}\n\n{table}\n\n{diag}\n")
     print(f"{reading(report)}\n\n{table}\n\n{diag}")

@@ -50,6 +50,7 @@ def probe_sets(world_dir: str | Path, out: str | Path | None = None) -> dict[str
         for split, part in (("train", images[:half]), ("val", images[half:])):
             for img in part:
                 _link(img, out / split / folder.name / img.name)
+    factors = _factor_sets(out, manifest["settings"]["world"])
     groups = {}
     for key, name in (("seen", "seen"), ("held_out", "unseen")):
         entry = manifest["zeroshot"].get(name)
@@ -60,4 +61,24 @@ def probe_sets(world_dir: str | Path, out: str | Path | None = None) -> dict[str
         "seen": groups["seen"],
         "held_out": groups["held_out"],
         "per_class": per_class,
+        "factors": factors,
     }
+
+
+def _factor_sets(out: Path, world: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The same probe images relabelled by one factor: ``factors/colour`` (classes are the colours) and
+    ``factors/shape`` (the shapes), each with the colour-shape probe's train / val split. A random ViT already
+    reads colour linearly; the shape probe shows what training added that the colour-shape classes hide."""
+    names = {f"{c}_{s}": (c, s) for c in world["colors"] for s in world["shapes"]}
+    sets: dict[str, dict[str, str]] = {}
+    for index, factor in enumerate(("colour", "shape")):
+        root = out / "factors" / factor
+        for split in ("train", "val"):
+            for folder in sorted(p for p in (out / split).iterdir() if p.is_dir()):
+                if folder.name not in names:
+                    raise ValueError(f"{folder}: not a colour_shape class of this world ({sorted(names)})")
+                value = names[folder.name][index]
+                for img in sorted(folder.glob("*.png")):
+                    _link(img, root / split / value / f"{folder.name}__{img.name}")
+        sets[factor] = {"train": str(root / "train"), "val": str(root / "val")}
+    return sets

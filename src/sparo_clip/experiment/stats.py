@@ -129,18 +129,29 @@ class Plateau:
     """The plateau rule's verdict on one validation curve.
 
     Attributes:
-        flat: whether the metric gained less than ``tolerance`` over the last ``window`` of training.
+        flat: whether the metric gained less than ``tolerance`` over the last ``window`` of training, or its
+            best value lies within ``tolerance`` of the ceiling (it cannot gain ``tolerance`` any more).
         gain: best value in the last window minus best value before it.
         window: the share of the curve that forms the last window.
         tolerance: the largest gain that still counts as flat.
+        headroom: the ceiling minus the best value (None without a ceiling).
     """
 
     flat: bool
     gain: float
     window: float
     tolerance: float
+    headroom: float | None = None
+
+    @property
+    def at_ceiling(self) -> bool:
+        """Flat because the curve is within ``tolerance`` of its ceiling, although it gained more than that."""
+        return self.flat and self.gain >= self.tolerance
 
     def describe(self) -> str:
+        if self.at_ceiling:
+            where = "at" if self.headroom <= 0 else f"within {self.headroom:.3f} of"
+            return f"flat: {where} the content ceiling (+{self.gain:.3f} over the last {self.window:.0%} of training)"
         verdict = "flat" if self.flat else "still rising"
         return (
             f"{verdict}: +{self.gain:.3f} over the last {self.window:.0%} of training "
@@ -153,13 +164,17 @@ PLATEAU_TOLERANCE = 0.02
 
 
 def plateau(
-    curve: Sequence[float], window: float = PLATEAU_WINDOW, tolerance: float = PLATEAU_TOLERANCE
+    curve: Sequence[float],
+    window: float = PLATEAU_WINDOW,
+    tolerance: float = PLATEAU_TOLERANCE,
+    ceiling: float | None = None,
 ) -> Plateau:
     """Whether a validation curve (higher is better, evenly spaced in training steps) has flattened.
 
     The rule: the best value in the last ``window`` of the evaluations exceeds the best value before them by
     less than ``tolerance``. A metric that still rises fails it; one that stalls, or falls (overfitting),
-    passes it.
+    passes it. With ``ceiling`` (the most the metric can reach, e.g. the validation content ceiling), a curve
+    whose best value lies within ``tolerance`` of it also passes: no further training can gain ``tolerance``.
 
     Raises:
         ValueError: fewer than 3 evaluations, or a window that leaves none before it.
@@ -171,4 +186,6 @@ def plateau(
     if last >= len(values):
         raise ValueError(f"window={window} leaves no evaluation before the last window")
     gain = max(values[-last:]) - max(values[:-last])
-    return Plateau(gain < tolerance, gain, window, tolerance)
+    headroom = None if ceiling is None or math.isnan(ceiling) else ceiling - max(values)
+    flat = gain < tolerance or (headroom is not None and headroom < tolerance)
+    return Plateau(flat, gain, window, tolerance, headroom)
