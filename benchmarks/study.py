@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import platform
 import sys
 import time
@@ -34,6 +33,7 @@ from typing import Any
 
 import torch
 
+from sparo_clip.checkpoints.files import atomic_write_text
 from sparo_clip.experiment import recipe as recipe_mod
 from sparo_clip.experiment.controls import text_only_controls
 from sparo_clip.experiment.metrics import metric_values, run_intervals
@@ -311,9 +311,7 @@ def save_state(path: Path, state: dict[str, Any], loaded: dict[str, Any]) -> dic
     current = json.loads(path.read_text()) if path.is_file() else {}
     current |= {k: v for k, v in state.items() if loaded.get(k) != v}
     text = json.dumps(current, indent=1, default=lambda v: None) + "\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return json.loads(text)
 
 

@@ -8,8 +8,8 @@ import pickle
 import pytest
 import torch
 
-from sparo_clip.checkpoints.files import atomic_save, load_checkpoint_file, newest_readable
-from sparo_clip.errors import CheckpointError
+from sparo_clip.checkpoints.files import atomic_save, atomic_write_text, load_checkpoint_file, newest_readable
+from sparo_clip.errors import CheckpointError, WriteError
 
 
 class _RunsCode:
@@ -34,6 +34,26 @@ def test_atomic_save_failure_keeps_the_old_file(tmp_path):
         atomic_save({"f": lambda: 0}, path)  # lambdas cannot be pickled: the write fails midway
     assert torch.equal(load_checkpoint_file(path)["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_atomic_write_text_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = atomic_write_text(tmp_path / "sub" / "recipe.json", '{"lr": 1}\n')
+    atomic_write_text(path, '{"lr": 2}\n')
+    assert path.read_text() == '{"lr": 2}\n' and [p.name for p in path.parent.iterdir()] == ["recipe.json"]
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(
+        WriteError, match=r"cannot write .*recipe.json: No space left on device \(the file there"
+    ):
+        atomic_write_text(path, '{"lr": 3}\n')
+    assert path.read_text() == '{"lr": 2}\n' and [p.name for p in path.parent.iterdir()] == ["recipe.json"]
+    monkeypatch.undo()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(WriteError, match="nothing was written"):
+        atomic_write_text(tmp_path / "file" / "recipe.json", "{}")
 
 
 def test_crafted_pickle_does_not_run(tmp_path):

@@ -47,6 +47,31 @@ class _WriteRecorder:
         self.f.flush()
 
 
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` atomically, as :func:`atomic_save` does (records such as a recipe or a study's
+    cache: a kill leaves the old file or the new one).
+
+    Raises:
+        WriteError: the folder or file cannot be written; the file there before, if any, is intact.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        kept = "the file there before is intact" if path.exists() else "nothing was written"
+        raise WriteError(f"cannot write {path}: {e.strerror or e} ({kept})") from e
+    return path
+
+
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` to ``path`` atomically (temporary file + fsync + rename in the same folder).
 

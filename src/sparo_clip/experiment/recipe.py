@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparo_clip.checkpoints.files import atomic_write_text
 from sparo_clip.data.sets import SizeCfg
 from sparo_clip.data.world import PALETTE, SHAPES
 from sparo_clip.errors import ConfigError
@@ -83,5 +84,4 @@ def write(recipe: Recipe, path: Path | None = None) -> Path:
     path = RECIPE_FILE if path is None else path
     keep = ("epochs", "lr", "batch_size", "wd", "warmup", "measured_by", "evidence")
     data = {k: v for k, v in recipe.to_dict().items() if k in keep}
-    path.write_text(json.dumps(data, indent=1) + "\n")
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=1) + "\n")
