@@ -375,7 +375,9 @@ def write_study_doc(state: dict[str, Any], path: Path) -> None:
             [
                 f"Not every run at {final} epochs met the plateau rule ("
                 + ", ".join(f"tiny-{m} {k} of {n}" for m, (k, n) in sorted(final_flat.items()))
-                + "): the models were still improving, and these differences may change with longer training.",
+                + "): "
+                + " and ".join(f"tiny-{m}" for m, (k, n) in sorted(final_flat.items()) if k < n)
+                + " was still improving where it did not, and these differences may change with longer training.",
                 "",
             ]
             if any(k < n for k, n in final_flat.values())
