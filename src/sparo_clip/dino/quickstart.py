@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from sparo_clip.checkpoints.files import atomic_save
+from sparo_clip.checkpoints.files import atomic_save, atomic_write_text
 from sparo_clip.data.generate import generate
 from sparo_clip.data.sets import SizeCfg
 from sparo_clip.data.world import WorldCfg
@@ -123,8 +123,7 @@ def write_budget(
 ) -> Path:
     path = RECIPE_FILE if path is None else path
     text = json.dumps({"budget": asdict(budget), "measured_by": measured_by, "evidence": evidence}, indent=1)
-    path.write_text(text + "\n")
-    return path
+    return atomic_write_text(path, text + "\n")
 
 
 def train_args(budget: Budget, model: str, images: str, out: Path, seed: int) -> list[str]:
