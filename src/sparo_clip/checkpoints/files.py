@@ -47,29 +47,41 @@ class _WriteRecorder:
         self.f.flush()
 
 
+def _write_atomically(path: Path, write: Any) -> Path:
+    """``write(f)`` into a temporary binary file next to ``path``, flushed and fsynced, then renamed over it.
+
+    An OSError (full disk, read-only folder) becomes one WriteError line; anything else is re-raised. Either
+    way the file there before, if any, is intact and no temporary file is left.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
+    except OSError as e:
+        kept = "the file there before is intact" if path.exists() else "nothing was written"
+        raise WriteError(f"cannot write {path}: {e.strerror or e} ({kept})") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            kept = "the file there before is intact" if path.exists() else "nothing was written"
+            raise WriteError(f"cannot write {path}: {e.strerror or e} ({kept})") from e
+        raise
+    return path
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` atomically, as :func:`atomic_save` does (records such as a recipe or a study's
-    cache: a kill leaves the old file or the new one).
+    """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`atomic_save` does (records such as a recipe or a
+    study's cache: a kill leaves the old file or the new one).
 
     Raises:
         WriteError: the folder or file cannot be written; the file there before, if any, is intact.
     """
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        kept = "the file there before is intact" if path.exists() else "nothing was written"
-        raise WriteError(f"cannot write {path}: {e.strerror or e} ({kept})") from e
-    return path
+    return _write_atomically(Path(path), lambda f: f.write(text.encode("utf-8")))
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
@@ -79,28 +91,17 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
         WriteError: the folder or file cannot be written (read-only, full disk, file size limit); the file
             that was at ``path`` before, if any, is intact and no temporary file is left.
     """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
-    except OSError as e:
-        raise WriteError(f"cannot write {path}: {e.strerror or e}") from e
-    recorder = None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            recorder = _WriteRecorder(f)
+
+    def write(f: Any) -> None:
+        recorder = _WriteRecorder(f)
+        try:
             torch.save(obj, recorder)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        cause = e if isinstance(e, OSError) else recorder.error if recorder is not None else None
-        if cause is not None:
-            kept = "the file there before is intact" if path.exists() else "nothing was written"
-            raise WriteError(f"cannot write {path}: {cause.strerror or cause} ({kept})") from e
-        raise
-    return path
+        except BaseException as e:
+            if recorder.error is not None:  # torch reports a failed write as its zip writer's RuntimeError
+                raise recorder.error from e
+            raise
+
+    return _write_atomically(Path(path), write)
 
 
 def remove_orphan_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
