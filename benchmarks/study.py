@@ -234,20 +234,22 @@ def compare_stage(
             for seed in worlds
             for label, model in MODELS.items()
         }
-
-        def evaluated(name: str, ckpt: str, epochs: int = epochs) -> bool:
-            label, seed = name.split("-", 1)[0], name.rsplit("seed", 1)[1]
-            override = sparo_override if label == "SPARO" else None
-            return evaluations_saved(out / "eval" / f"e{epochs}-seed{seed}" / label, ckpt, override)
-
-        runs = train_runs(jobs, out, slots=args.slots, evaluated=evaluated)
+        # where each run's evaluations go, and the model-config override they are made with
+        evals = {f"{label}-e{epochs}-seed{seed}": (out / "eval" / f"e{epochs}-seed{seed}" / label,
+                                                   sparo_override if label == "SPARO" else None)
+                 for seed in worlds for label in MODELS}  # fmt: skip
+        runs = train_runs(
+            jobs,
+            out,
+            slots=args.slots,
+            evaluated=lambda name, ckpt, evals=evals: evaluations_saved(evals[name][0], ckpt, evals[name][1]),
+        )
         per_seed, intervals, curves, blank = {}, {}, {}, {}
         for seed, data in worlds.items():
             per_seed[seed], intervals[seed], curves[seed], blank[seed] = {}, {}, {}, {}
             for label, model in MODELS.items():
                 run = runs[f"{label}-e{epochs}-seed{seed}"]
-                where = out / "eval" / f"e{epochs}-seed{seed}" / label
-                override = sparo_override if label == "SPARO" else None
+                where, override = evals[f"{label}-e{epochs}-seed{seed}"]
                 results = evaluate(model, run["checkpoint"], data, where, reuse=True, override=override)
                 per_seed[seed][label] = metric_values(results)
                 blank[seed][label] = {k: results[f"{k}_blank"]["groups"] for k in ("binding", "sugarcrepe")}

@@ -113,3 +113,14 @@ def test_factor_probe_sets_relabel_every_probe_image_by_its_colour_and_its_shape
     (tmp_path / "train" / "blue_square").mkdir()  # a class that is no colour-shape pair of the world
     with pytest.raises(ValueError, match="blue_square: not a colour_shape class of this world"):
         _factor_sets(tmp_path, world)
+
+
+def test_a_stray_folder_in_a_probe_set_is_one_line_not_a_traceback(tmp_path, capsys):
+    out = tmp_path / "qs"
+    (out / "probe" / "world-0" / "train" / "notes").mkdir(parents=True)  # not a colour_shape class
+    assert quickstart.main(["--small", "--seeds", "1", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        err[-1].startswith("sparo-dino quickstart: error: ") and "notes: not a colour_shape class" in err[-1]
+    )
+    assert "Traceback" not in "\n".join(err)

@@ -73,6 +73,14 @@ class FakeRuns:
         return {"binding": {"swap_att": row}, "sugarcrepe": {"swap_att": row}}
 
 
+def _cached_tuning(tmp: Path, **extra) -> None:
+    """A study cache holding a finished tuning (both models at 1e-3, the configured 8x32 shape)."""
+    (tmp / "runs").mkdir(exist_ok=True)
+    tuning = {"lr": {"CLIP": 1e-3, "SPARO": 1e-3}, "lr_scores": {"CLIP": {"0.001": 0.6}, "SPARO": {"0.001": 0.6}},
+              "slot_shape": "8x32", "slot_scores": {"8x32": 0.6}, "tune_seed": 1000} | extra  # fmt: skip
+    (tmp / "runs" / "study.json").write_text(json.dumps({"tuning": tuning}))
+
+
 @pytest.fixture
 def sandbox(tmp_path, monkeypatch):
     fake = FakeRuns()
@@ -176,10 +184,7 @@ def test_comparison_over_seeds_and_budgets_writes_a_plain_conclusion(sandbox):
     argv = ["--stage", "compare", "--seeds", "3", "--epochs", "6", "--short-epochs", "2", "--out", str(tmp / "runs"),
             "--data", str(tmp / "data"), "--write-docs"]  # fmt: skip
     state_dir = tmp / "runs"
-    state_dir.mkdir()
-    (state_dir / "study.json").write_text(json.dumps({"tuning": {"lr": {"CLIP": 1e-3, "SPARO": 1e-3},
-        "lr_scores": {"CLIP": {"0.001": 0.6}, "SPARO": {"0.001": 0.6}}, "slot_shape": "8x32",
-        "slot_scores": {"8x32": 0.6}, "tune_seed": 1000}}))  # fmt: skip
+    _cached_tuning(tmp)
     assert study.main(argv) == 0
     state = json.loads((state_dir / "study.json").read_text())
     assert set(state["compare"]) == {"2", "6"}
@@ -206,10 +211,7 @@ def test_a_control_outside_the_range_is_flagged_in_the_study(sandbox):
     recipe_mod.write(recipe_mod.Recipe(epochs=2, lr={"CLIP": 1e-3, "SPARO": 1e-3}))
     argv = ["--stage", "compare", "--seeds", "2", "--epochs", "2", "--short-epochs", "2", "--out", str(tmp / "runs"),
             "--data", str(tmp / "data"), "--write-docs"]  # fmt: skip
-    (tmp / "runs").mkdir()
-    (tmp / "runs" / "study.json").write_text(json.dumps({"tuning": {"lr": {"CLIP": 1e-3, "SPARO": 1e-3},
-        "lr_scores": {"CLIP": {"0.001": 0.6}, "SPARO": {"0.001": 0.6}}, "slot_shape": "8x32",
-        "slot_scores": {"8x32": 0.6}, "tune_seed": 1000}}))  # fmt: skip
+    _cached_tuning(tmp)
     assert study.main(argv) == 0
     doc = (root / "docs" / "study.md").read_text()
     assert "| binding | swap_att | seen | 0.700 | 0.500 | 0.500 | 200 **flagged** |" in doc
@@ -221,10 +223,7 @@ def test_comparison_past_the_main_jobs_budget_says_which_budget_each_reading_is_
     recipe_mod.write(recipe_mod.Recipe(epochs=3, lr={"CLIP": 1e-3, "SPARO": 1e-3}))
     argv = ["--stage", "compare", "--seeds", "2", "--epochs", "6", "--short-epochs", "3", "--out", str(tmp / "runs"),
             "--data", str(tmp / "data"), "--write-docs"]  # fmt: skip
-    (tmp / "runs").mkdir()
-    (tmp / "runs" / "study.json").write_text(json.dumps({"tuning": {"lr": {"CLIP": 1e-3, "SPARO": 1e-3},
-        "lr_scores": {"CLIP": {"0.001": 0.6}, "SPARO": {"0.001": 0.6}}, "slot_shape": "8x32",
-        "slot_scores": {"8x32": 0.6}, "tune_seed": 1000, "epochs": 3}}))  # fmt: skip
+    _cached_tuning(tmp, epochs=3)
     assert study.main(argv) == 0
     doc = (root / "docs" / "study.md").read_text()
     assert "the main job's default is 3 epochs" in doc and "at 3 epochs, on the validation" in doc
@@ -335,10 +334,7 @@ def test_the_conclusion_names_the_model_still_rising_at_the_longest_budget(sandb
     fake.rising = {"tiny-CLIP"}
     monkeypatch.setattr(study, "validation_ceiling", lambda data: 1.0)  # far above every curve
     recipe_mod.write(recipe_mod.Recipe(epochs=3, lr={"CLIP": 1e-3, "SPARO": 1e-3}))
-    (tmp / "runs").mkdir()
-    (tmp / "runs" / "study.json").write_text(json.dumps({"tuning": {"lr": {"CLIP": 1e-3, "SPARO": 1e-3},
-        "lr_scores": {"CLIP": {"0.001": 0.6}, "SPARO": {"0.001": 0.6}}, "slot_shape": "8x32",
-        "slot_scores": {"8x32": 0.6}, "tune_seed": 1000}}))  # fmt: skip
+    _cached_tuning(tmp)
     argv = ["--stage", "compare", "--seeds", "2", "--epochs", "6", "--short-epochs", "3", "--out", str(tmp / "runs"),
             "--data", str(tmp / "data"), "--write-docs"]  # fmt: skip
     assert study.main(argv) == 0

@@ -374,12 +374,11 @@ def untrained_checkpoint(model: str, path: Path, seed: int, override: dict[str, 
     """A model at its seeded initialisation, saved like a trained one (the untrained reference row)."""
     import torch
 
+    from sparo_clip.checkpoints.files import atomic_save
     from sparo_clip.models.builder import create_model
 
     torch.manual_seed(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(create_model(model, override_config=override).state_dict(), path)
-    return path
+    return atomic_save(create_model(model, override_config=override).state_dict(), path)
 
 
 def choose_slots_on_validation(
