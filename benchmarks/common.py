@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
 import platform
 import random
@@ -15,10 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from open_clip.loss import ClipLoss
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+from sparo_clip.checkpoints.files import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -202,10 +206,40 @@ def captions(count: int, seed: int = 0, min_words: int = 8, max_words: int = 20)
 
 
 def replace_block(path: Path, begin: str, end: str, text: str) -> None:
-    """Replace what stands between the markers ``begin`` and ``end`` in ``path`` with ``text``."""
+    """Replace what stands between the markers ``begin`` and ``end`` in ``path`` with ``text`` (atomically)."""
     doc = path.read_text()
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     if not pattern.search(doc):
         raise ValueError(f"{path} has no '{begin}' ... '{end}' block to fill")
     block = f"{begin}\n{text}\n{end}"
-    path.write_text(pattern.sub(lambda _: block, doc, count=1))
+    atomic_write_text(path, pattern.sub(lambda _: block, doc, count=1))
+
+
+def clip_train_step(model: torch.nn.Module, forward: Callable, images, text, env: Env) -> Callable[[], None]:
+    """One CLIP optimisation step as the benchmarks time it: ``forward(images, text)``, OpenCLIP's ClipLoss,
+    backward, fused AdamW (one pass per tensor, as training uses)."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.1, fused=True)
+    loss_fn = ClipLoss()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with env.autocast():
+            image_features, text_features, logit_scale = forward(images, text)[:3]
+            loss = loss_fn(image_features, text_features, logit_scale)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def save_result(
+    result: dict, text: str, json_path: Path, docs: Path | None, fill: Callable[[], None], what: str
+):
+    """Print a benchmark's table, write its JSON (atomically) and, with ``docs``, fill its block there."""
+    print(text)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
+    if docs:
+        fill()
+        print(f"filled the {what} block of {docs}")

@@ -32,11 +32,19 @@ from typing import Any
 
 import open_clip
 import torch
-from open_clip.loss import ClipLoss
 
 import sparo_clip
 
-from .common import Env, captions, interleaved, machine_info, median, replace_block
+from .common import (
+    Env,
+    captions,
+    clip_train_step,
+    interleaved,
+    machine_info,
+    median,
+    replace_block,
+    save_result,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- compile-benchmark:begin -->", "<!-- compile-benchmark:end -->"
@@ -78,22 +86,6 @@ def _inputs(pair: CompilePair, env: Env) -> tuple[torch.Tensor, torch.Tensor]:
     return images, text
 
 
-def _train_step(model: torch.nn.Module, forward: Callable, images, text, env: Env) -> Callable[[], None]:
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.1, fused=True)
-    loss_fn = ClipLoss()
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with env.autocast():
-            image_features, text_features, logit_scale = forward(images, text)[:3]
-            loss = loss_fn(image_features, text_features, logit_scale)
-        loss.backward()
-        opt.step()
-
-    return step
-
-
 def _encode_text(encode: Callable, text: torch.Tensor, env: Env) -> Callable[[], torch.Tensor]:
     def run() -> torch.Tensor:
         with torch.no_grad(), env.autocast():
@@ -112,7 +104,7 @@ def _step_of(pair: CompilePair, variant: str, section: str, env: Env) -> Callabl
         encode = torch.compile(model.encode_text, backend=pair.backend) if compiled else model.encode_text
         return _encode_text(encode, text, env)
     forward = torch.compile(model, backend=pair.backend) if compiled else model
-    return _train_step(model, forward, images, text, env)
+    return clip_train_step(model, forward, images, text, env)
 
 
 _CHILD = """
@@ -312,12 +304,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     result["compile"] = [bench_compile(q, env, cold=not (args.quick or args.warm_cache)) for q in pairs]
     result["seconds"] = time.perf_counter() - start
-    print(markdown(result).replace("**", ""))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    if args.write_docs:
-        write_docs(result, args.write_docs)
-        print(f"filled the compile block of {args.write_docs}")
+    text = markdown(result).replace("**", "")
+    save_result(
+        result, text, args.json, args.write_docs, lambda: write_docs(result, args.write_docs), "compile"
+    )
     return result
 
 

@@ -13,7 +13,6 @@ memory is CUDA's max allocated, or on CPU the peak of live tensors (``TensorMemo
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -27,7 +26,16 @@ import torch
 from sparo_clip.dino import DinoNet, load_config, parity
 from sparo_clip.dino.lightly_api import require_lightly
 
-from .common import Env, count_flops, interleaved, machine_info, median, peak_tensor_bytes, replace_block
+from .common import (
+    Env,
+    count_flops,
+    interleaved,
+    machine_info,
+    median,
+    peak_tensor_bytes,
+    replace_block,
+    save_result,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- dino-benchmark:begin -->", "<!-- dino-benchmark:end -->"
@@ -178,12 +186,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dino": bench_dino(pairs, env),
     }
     result["seconds"] = time.perf_counter() - start
-    print(markdown(result).replace("**", ""))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    if args.write_docs:
-        write_docs(result, args.write_docs)
-        print(f"filled the DINO block of {args.write_docs}")
+    text = markdown(result).replace("**", "")
+    save_result(result, text, args.json, args.write_docs, lambda: write_docs(result, args.write_docs), "DINO")
     return result
 
 

@@ -7,12 +7,11 @@ from dataclasses import dataclass
 
 import open_clip
 import torch
-from open_clip.loss import ClipLoss
 
 import sparo_clip  # noqa: F401  (registers the SPARO configs)
 from sparo_clip.models.param_count import count_parameters
 
-from .common import Env, captions, count_flops, interleaved, median
+from .common import Env, captions, clip_train_step, count_flops, interleaved, median
 
 
 @dataclass(frozen=True)
@@ -41,23 +40,6 @@ def _build(name: str, env: Env) -> torch.nn.Module:
     return open_clip.create_model(name, device=env.device)
 
 
-def _train_step(model: torch.nn.Module, images: torch.Tensor, text: torch.Tensor, env: Env) -> Callable:
-    """One optimisation step: forward, OpenCLIP's ClipLoss, backward, AdamW (fused: one pass per tensor)."""
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.1, fused=True)
-    loss_fn = ClipLoss()
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with env.autocast():
-            image_features, text_features, logit_scale = model(images, text)[:3]
-            loss = loss_fn(image_features, text_features, logit_scale)
-        loss.backward()
-        opt.step()
-
-    return step
-
-
 def _encode(model: torch.nn.Module, encoder: str, data: torch.Tensor, env: Env) -> Callable:
     """One call of ``encode_image`` or ``encode_text`` for inference."""
     fn = model.encode_image if encoder == "image" else model.encode_text
@@ -81,7 +63,7 @@ def bench_pair(pair: Pair, env: Env) -> dict[str, list[dict[str, object]]]:
     train, infer = [], []
     for batch in pair.batches:
         images, text = _inputs(pair.baseline, batch, env)
-        steps = {k: _train_step(m, images, text, env) for k, m in models.items()}
+        steps = {k: clip_train_step(m, m, images, text, env) for k, m in models.items()}
         flops = {k: count_flops(step) for k, step in steps.items()}  # also a warm-up step
         times = interleaved(steps, env, warmup=pair.warmup, reps=pair.reps)
         row: dict[str, object] = {"pair": pair.name, "batch": batch, "reps": pair.reps}

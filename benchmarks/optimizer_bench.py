@@ -12,7 +12,6 @@ trains one model per core, so the default is one thread.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shlex
 import sys
@@ -25,7 +24,7 @@ from open_clip.loss import ClipLoss
 import sparo_clip  # noqa: F401  (registers the SPARO configs)
 from sparo_clip.training.run import fused_adamw
 
-from .common import Env, captions, interleaved, median, replace_block
+from .common import Env, captions, interleaved, median, replace_block, save_result
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("tiny-CLIP", "tiny-SPARO")
@@ -134,12 +133,14 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": [bench_model(m, args.batch, args.warmup, args.reps) for m in args.models.split(",") if m],
     }
     text = table(result)
-    print(text)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    if args.write_docs:
-        replace_block(args.write_docs, BEGIN, END, text)
-        print(f"filled the optimizer block of {args.write_docs}")
+    save_result(
+        result,
+        text,
+        args.json,
+        args.write_docs,
+        lambda: replace_block(args.write_docs, BEGIN, END, text),
+        "optimizer",
+    )
     return result
 
 

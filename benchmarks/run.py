@@ -13,7 +13,6 @@ writes JSON. Runs on CUDA (bf16 autocast) when present, else on CPU (fp32); ``--
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 
 from . import dino_bench
-from .common import Env, machine_info, matmul_peak
+from .common import Env, machine_info, matmul_peak, save_result
 from .models_bench import Pair, bench_pair
 from .readout_bench import ReadoutShape, bench_readout
 from .report import targets, text_table, write_docs
@@ -128,15 +127,14 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     result = run(args, argv)
-    print(text_table(result))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.json}")
-    if args.write_docs:
+
+    def fill() -> None:
         write_docs(result, args.write_docs)
-        print(f"filled the result block of {args.write_docs}")
         if "dino" in result:
             dino_bench.write_docs(result, args.write_docs)
+
+    save_result(result, text_table(result), args.json, args.write_docs, fill, "result")
+    print(f"wrote {args.json}")
     return result
 
 
