@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import json
@@ -213,6 +214,23 @@ def replace_block(path: Path, begin: str, end: str, text: str) -> None:
         raise ValueError(f"{path} has no '{begin}' ... '{end}' block to fill")
     block = f"{begin}\n{text}\n{end}"
     atomic_write_text(path, pattern.sub(lambda _: block, doc, count=1))
+
+
+def add_machine_args(p: argparse.ArgumentParser) -> None:
+    """The device and thread flags every timing benchmark takes."""
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+
+
+def machine_env(p: argparse.ArgumentParser, args: argparse.Namespace, known: dict) -> Env:
+    """Check ``--pairs`` against ``known`` (unless ``--quick``), set the thread count, pick the device."""
+    unknown = sorted(set(args.pairs.split(",")) - set(known))
+    if unknown and not args.quick:
+        p.error(f"--pairs: unknown {unknown}; allowed: {sorted(known)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    return Env(torch.device("cuda" if cuda else "cpu"))
 
 
 def clip_train_step(model: torch.nn.Module, forward: Callable, images, text, env: Env) -> Callable[[], None]:

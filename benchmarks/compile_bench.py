@@ -37,9 +37,11 @@ import sparo_clip
 
 from .common import (
     Env,
+    add_machine_args,
     captions,
     clip_train_step,
     interleaved,
+    machine_env,
     machine_info,
     median,
     replace_block,
@@ -281,18 +283,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="report this process's first calls (default: cold compiles, each in a fresh process and cache)",
     )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add_machine_args(p)
     p.add_argument("--json", type=Path, default=ROOT / "runs" / "compile_benchmark.json")
     p.add_argument("--write-docs", nargs="?", type=Path, const=ROOT / "docs" / "performance.md", default=None)
     args = p.parse_args(argv)
-    unknown = sorted(set(args.pairs.split(",")) - set(PAIRS))
-    if unknown and not args.quick:
-        p.error(f"--pairs: unknown {unknown}; allowed: {sorted(PAIRS)}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    env = Env(torch.device("cuda" if cuda else "cpu"))
+    env = machine_env(p, args, PAIRS)
     pairs = [QUICK] if args.quick else [PAIRS[n] for n in args.pairs.split(",")]
     changes = {k: v for k, v in (("batch", args.batch), ("reps", args.reps), ("backend", args.backend)) if v}
     pairs = [CompilePair(**{**asdict(q), **changes}) for q in pairs]

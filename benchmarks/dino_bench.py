@@ -28,8 +28,10 @@ from sparo_clip.dino.lightly_api import require_lightly
 
 from .common import (
     Env,
+    add_machine_args,
     count_flops,
     interleaved,
+    machine_env,
     machine_info,
     median,
     peak_tensor_bytes,
@@ -160,23 +162,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m benchmarks.dino_bench", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny pair, tiny batch, 2 reps (for tests)")
     p.add_argument("--pairs", default="tiny,vits16", help=f"comma list from {sorted(PAIRS)}")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add_machine_args(p)
     p.add_argument("--json", type=Path, default=ROOT / "runs" / "dino_benchmark.json")
     p.add_argument("--write-docs", nargs="?", type=Path, const=ROOT / "docs" / "performance.md", default=None)
     args = p.parse_args(argv)
-    unknown = sorted(set(args.pairs.split(",")) - set(PAIRS))
-    if unknown and not args.quick:
-        p.error(f"--pairs: unknown {unknown}; allowed: {sorted(PAIRS)}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    env = Env(
-        torch.device(
-            "cuda"
-            if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-            else "cpu"
-        )
-    )
+    env = machine_env(p, args, PAIRS)
     pairs = [QUICK] if args.quick else [PAIRS[n] for n in args.pairs.split(",")]
     start = time.perf_counter()
     result = {

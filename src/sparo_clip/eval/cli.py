@@ -11,12 +11,12 @@ from typing import Any
 import torch
 
 from sparo_clip import inputs
-from sparo_clip.errors import SparoClipError, one_line
 from sparo_clip.eval.common import (
     ModelSpec,
     common_parser,
     data_info,
     load_context,
+    run_command,
     run_info,
     skipped_report,
     write_results,
@@ -81,17 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging()
-    try:
-        result = evaluate(args)
-    except SparoClipError as e:
-        print(f"sparo-clip eval {args.task}: error: {one_line(e)}", file=sys.stderr)
-        return 2
-    try:
-        write_results(result, args.output)
-    except SparoClipError as e:
-        print(f"sparo-clip eval {args.task}: error: {one_line(e)}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(
+        f"sparo-clip eval {args.task}",
+        lambda: evaluate(args),
+        lambda result: write_results(result, args.output),
+    )
 
 
 if __name__ == "__main__":

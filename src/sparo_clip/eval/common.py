@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from sparo_clip import inputs
 from sparo_clip.checkpoints import loading
-from sparo_clip.errors import ConfigError, DataError, SparoClipError, WriteError
+from sparo_clip.errors import ConfigError, DataError, SparoClipError, WriteError, one_line
 from sparo_clip.models.readout import select_slots
 from sparo_clip.models.sparo import SparoCLIP
 
@@ -334,3 +335,21 @@ def run_info(spec: ModelSpec, ctx: EvalContext, slots: list[int] | None) -> dict
         "num_slots": ctx.num_slots if ctx.is_sparo else None,
         "slots": slots,
     }
+
+
+def run_command(
+    prog: str, compute: Callable[[], dict[str, Any]], write: Callable[[dict[str, Any]], None]
+) -> int:
+    """Exit status of an evaluation command: 2 when its input is wrong (nothing written), 1 when its result
+    cannot be written, else 0; either error is one line on stderr, prefixed with ``prog``."""
+    try:
+        result = compute()
+    except SparoClipError as e:
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    try:
+        write(result)
+    except SparoClipError as e:
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return 1
+    return 0

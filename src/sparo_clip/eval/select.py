@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from sparo_clip import inputs
-from sparo_clip.errors import ConfigError, SparoClipError, one_line
+from sparo_clip.errors import ConfigError
 from sparo_clip.eval.cli import setup_logging
 from sparo_clip.eval.common import (
     EvalContext,
@@ -22,6 +22,7 @@ from sparo_clip.eval.common import (
     common_parser,
     data_info,
     load_context,
+    run_command,
     run_info,
     skipped_report,
     write_results,
@@ -138,17 +139,11 @@ def select(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    try:
-        result = select(args)
-    except SparoClipError as e:
-        print(f"sparo-clip select-slots {args.task}: error: {one_line(e)}", file=sys.stderr)
-        return 2
-    try:
-        write_results(result, args.output, omit_from_stdout=("trace",))
-    except SparoClipError as e:
-        print(f"sparo-clip select-slots {args.task}: error: {one_line(e)}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(
+        f"sparo-clip select-slots {args.task}",
+        lambda: select(args),
+        lambda result: write_results(result, args.output, omit_from_stdout=("trace",)),
+    )
 
 
 if __name__ == "__main__":
