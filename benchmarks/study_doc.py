@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from sparo_clip.checkpoints.files import atomic_write_text
 from sparo_clip.commands.quickstart_report import mean_sd
 from sparo_clip.experiment.metrics import BY_LABEL, CONTROL_RANGE, METRICS, PRIMARY, SECONDARY
 from sparo_clip.experiment.stats import PLATEAU_TOLERANCE, PLATEAU_WINDOW, plateau
@@ -45,6 +46,39 @@ def _plot_curves(evidence: dict[str, Any], path: Path) -> Path:
         ax.axhline(evidence["val_ceiling"], color="grey", ls=":", lw=1, label="content ceiling")
     ax.set_xlabel("training step")
     ax.set_ylabel("validation R@1 (mean of both ways)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _plot_seed_curves(
+    curves: dict[str, dict[str, list[dict[str, float]]]], ceilings: dict[str, float] | None, path: Path
+) -> Path:
+    """Every comparison seed's validation curve, one thin line per seed and model, with the seeds' content
+    ceilings (a band from the lowest to the highest)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.4, 3.6), dpi=110)
+    colours = {"CLIP": "#1f77b4", "SPARO": "#d62728"}
+    labelled: set[str] = set()
+    for seed in sorted(curves, key=int):
+        for label, curve in sorted(curves[seed].items()):
+            ax.plot([p["step"] for p in curve], [p["val_r1"] for p in curve], "-", lw=1, alpha=0.8,
+                    color=colours[label], label=None if label in labelled else f"tiny-{label}")  # fmt: skip
+            labelled.add(label)
+    if ceilings:
+        low, high = min(ceilings.values()), max(ceilings.values())
+        ax.axhspan(low, max(high, low + 1e-3), color="grey", alpha=0.25, label="content ceilings")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation R@1 (mean of both ways)")
+    ax.set_title(f"{len(curves)} seeds, each its own world", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -322,6 +356,14 @@ def write_study_doc(state: dict[str, Any], path: Path) -> None:
             else "Plateau rule: too few epochs to judge (it needs 3 evaluations)."
         )
         lines[-2:-2] = [plateau_line, ""]
+        if compare[b].get("curves"):
+            picture = _plot_seed_curves(
+                compare[b]["curves"],
+                compare[b].get("ceilings"),
+                path.parent / "img" / "study" / f"curves-e{b}.png",
+            )
+            alt = f"validation curves at {b} epochs, every seed"
+            lines[-2:-2] = [f"![{alt}]({picture.relative_to(path.parent).as_posix()})", ""]
         for label in (*PRIMARY, *SECONDARY):
             c = comp[label]
             name = (
@@ -387,4 +429,4 @@ def write_study_doc(state: dict[str, Any], path: Path) -> None:
         "scenes for minutes on CPU cores.",
         "",
     ]
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")

@@ -343,3 +343,22 @@ def test_the_conclusion_names_the_model_still_rising_at_the_longest_budget(sandb
         "Not every run at 6 epochs met the plateau rule (tiny-CLIP 0 of 2, tiny-SPARO 2 of 2): tiny-CLIP was "
         "still improving" in doc
     )
+
+
+def test_each_budget_shows_every_seeds_validation_curve_as_a_picture(tmp_path):
+    from benchmarks.study_doc import write_study_doc
+
+    row = {"a": [0.1, 0.2], "b": [0.3, 0.4], "p": 0.01, "p_holm": 0.01,
+           "diff": {"mean": 0.2, "low": 0.1, "high": 0.3, "n": 2}}  # fmt: skip
+    curve = [{"epoch": e, "step": 10 * e, "val_r1": 0.1 * e} for e in (1, 2, 3)]
+    state = {"settings": {"command": "c", "machine": "m", "seeds": 2, "epochs": 3},
+             "tuning": {"lr_scores": {}, "lr": {}, "slot_scores": {}, "slot_shape": "8x32", "tune_seed": 1000},
+             "recipe": {"epochs": 3, "world": {"image_size": 48}},
+             "compare": {"3": {"comparison": {m: row for m in (*PRIMARY, *SECONDARY)}, "steps": 30,
+                               "curves": {s: {"CLIP": curve, "SPARO": curve} for s in ("0", "1")},
+                               "ceilings": {"0": 0.5, "1": 0.6}}}}  # fmt: skip
+    write_study_doc(state, tmp_path / "study.md")
+    doc = (tmp_path / "study.md").read_text()
+    assert "![validation curves at 3 epochs, every seed](img/study/curves-e3.png)" in doc
+    assert (tmp_path / "img" / "study" / "curves-e3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "tiny-CLIP flat in" in doc  # the rule's verdicts stand beside the picture
