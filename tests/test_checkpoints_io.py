@@ -95,3 +95,17 @@ def test_truncated_checkpoint_is_skipped_for_the_newest_readable(tmp_path):
     assert path == good and ckpt["epoch"] == 1
     assert [p.name for p, _ in skipped] == ["epoch_2.pt"]
     assert newest_readable([tmp_path / "epoch_2.pt"])[0] is None
+
+
+def test_atomic_writes_get_the_mode_a_plain_write_would_give(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        new = atomic_write_text(tmp_path / "new.json", "{}")
+        assert new.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600: others can read a checkpoint or doc
+        kept = tmp_path / "kept.pt"
+        kept.write_bytes(b"x")
+        kept.chmod(0o640)
+        atomic_save({"a": 1}, kept)
+        assert kept.stat().st_mode & 0o777 == 0o640  # a replaced file keeps its permissions
+    finally:
+        os.umask(mask)

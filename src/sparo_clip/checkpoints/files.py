@@ -47,6 +47,16 @@ class _WriteRecorder:
         self.f.flush()
 
 
+def _mode_for(path: Path) -> int:
+    """The permissions of the file being replaced, or those a new file gets under this process's umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 def _write_atomically(path: Path, write: Any) -> Path:
     """``write(f)`` into a temporary binary file next to ``path``, flushed and fsynced, then renamed over it.
 
@@ -60,6 +70,7 @@ def _write_atomically(path: Path, write: Any) -> Path:
         kept = "the file there before is intact" if path.exists() else "nothing was written"
         raise WriteError(f"cannot write {path}: {e.strerror or e} ({kept})") from e
     try:
+        os.fchmod(fd, _mode_for(path))  # mkstemp makes it 0600: the file gets the mode a plain write would give
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
