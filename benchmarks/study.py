@@ -234,22 +234,24 @@ def compare_stage(
             for seed in worlds
             for label, model in MODELS.items()
         }
-        # where each run's evaluations go, and the model-config override they are made with
-        evals = {f"{label}-e{epochs}-seed{seed}": (out / "eval" / f"e{epochs}-seed{seed}" / label,
+        # where each run's evaluations go, its model, and the model-config override they are made with
+        evals = {f"{label}-e{epochs}-seed{seed}": (out / "eval" / f"e{epochs}-seed{seed}" / label, model,
                                                    sparo_override if label == "SPARO" else None)
-                 for seed in worlds for label in MODELS}  # fmt: skip
+                 for seed in worlds for label, model in MODELS.items()}  # fmt: skip
         runs = train_runs(
             jobs,
             out,
             slots=args.slots,
-            evaluated=lambda name, ckpt, evals=evals: evaluations_saved(evals[name][0], ckpt, evals[name][1]),
+            evaluated=lambda name, ckpt, evals=evals: evaluations_saved(
+                evals[name][0], evals[name][1], ckpt, evals[name][2]
+            ),  # fmt: skip
         )
         per_seed, intervals, curves, blank = {}, {}, {}, {}
         for seed, data in worlds.items():
             per_seed[seed], intervals[seed], curves[seed], blank[seed] = {}, {}, {}, {}
             for label, model in MODELS.items():
                 run = runs[f"{label}-e{epochs}-seed{seed}"]
-                where, override = evals[f"{label}-e{epochs}-seed{seed}"]
+                where, _, override = evals[f"{label}-e{epochs}-seed{seed}"]
                 results = evaluate(model, run["checkpoint"], data, where, reuse=True, override=override)
                 per_seed[seed][label] = metric_values(results)
                 blank[seed][label] = {k: results[f"{k}_blank"]["groups"] for k in ("binding", "sugarcrepe")}
@@ -280,7 +282,7 @@ def controls_and_untrained(
             override = sparo_override if label == "SPARO" else None
             where = out / "eval" / f"untrained-seed{seed}" / label
             ckpt = out / "untrained" / f"{label}-seed{seed}.pt"
-            if not evaluations_saved(where, ckpt, override):
+            if not evaluations_saved(where, model, ckpt, override):
                 untrained_checkpoint(model, ckpt, seed, override)
             results = evaluate(model, ckpt, data, where, reuse=True, override=override)
             untrained[seed][label] = metric_values(results)

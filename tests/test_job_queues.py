@@ -127,11 +127,45 @@ def test_evaluate_gives_every_eval_the_override_the_checkpoint_was_trained_with(
     assert all(json.loads(a[a.index("--override-model-config") + 1]) == shape for a in calls)
     runs.evaluate("tiny-SPARO", "ck.pt", data, tmp_path, reuse=True, override=shape)  # the same: all reused
     assert len(calls) == len(runs.EVALUATIONS)
-    assert runs.evaluations_saved(tmp_path, "ck.pt", shape)
-    assert not runs.evaluations_saved(tmp_path, "other.pt", shape)
-    assert not runs.evaluations_saved(tmp_path, "ck.pt")  # saved with another model config
+    assert runs.evaluations_saved(tmp_path, "tiny-SPARO", "ck.pt", shape)
+    assert not runs.evaluations_saved(tmp_path, "tiny-SPARO", "other.pt", shape)
+    assert not runs.evaluations_saved(tmp_path, "tiny-SPARO", "ck.pt")  # saved with another model config
     runs.evaluate("tiny-SPARO", "ck.pt", data, tmp_path, reuse=True)  # another model config: all run again
     assert len(calls) == 2 * len(runs.EVALUATIONS) and "--override-model-config" not in calls[-1]
-    assert runs.evaluations_saved(tmp_path, "ck.pt")
+    assert runs.evaluations_saved(tmp_path, "tiny-SPARO", "ck.pt")
     (tmp_path / "binding_blank_items.pt").unlink()  # one evaluation's per-item scores lost: not all saved
-    assert not runs.evaluations_saved(tmp_path, "ck.pt")
+    assert not runs.evaluations_saved(tmp_path, "tiny-SPARO", "ck.pt")
+
+
+def test_an_evaluation_is_reused_only_for_the_checkpoint_and_config_it_was_made_of(tmp_path, monkeypatch):
+    import json
+
+    ckpt = tmp_path / "ck.pt"
+    calls = []
+
+    def fake_eval(argv, output):
+        calls.append(argv)
+        Path(argv[argv.index("--save-items") + 1]).write_bytes(b"x")
+        saved = {"pretrained": str(ckpt), "slots": None, "metrics": {"n": len(calls)}}
+        output.write_text(json.dumps(saved))
+        return saved
+
+    monkeypatch.setattr(runs, "_eval", fake_eval)
+    data = {
+        "compositional": {"dir": "c", "classes": "k", "templates": "t"},
+        "binding": {"root": "b", "blank": "bb"},
+        "sugarcrepe": {"root": "s", "blank": "sb"},
+        "test": {"csv": "r.csv"},
+    }
+    out, n = tmp_path / "eval", len(runs.EVALUATIONS)
+    ckpt.write_bytes(b"first training")
+    runs.evaluate("tiny-CLIP", ckpt, data, out, reuse=True)
+    runs.evaluate("tiny-CLIP", ckpt, data, out, reuse=True)
+    assert len(calls) == n and runs.evaluations_saved(out, "tiny-CLIP", ckpt)  # the same file: reused
+    ckpt.write_bytes(b"trained again, same name")  # a new file at the same path: its old results are stale
+    assert not runs.evaluations_saved(out, "tiny-CLIP", ckpt)
+    runs.evaluate("tiny-CLIP", ckpt, data, out, reuse=True)
+    assert len(calls) == 2 * n
+    ckpt.unlink()  # removed once evaluated (the study does): judged by the model config alone
+    assert runs.evaluations_saved(out, "tiny-CLIP", ckpt)
+    assert not runs.evaluations_saved(out, "tiny-SPARO", ckpt)  # another config (e.g. an edited JSON): stale

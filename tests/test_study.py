@@ -89,7 +89,7 @@ def sandbox(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "evaluate", fake.evaluate)
     monkeypatch.setattr(study, "text_only_controls", fake.text_only_controls)
     monkeypatch.setattr(study, "untrained_checkpoint", lambda model, path, seed, override=None: path)
-    monkeypatch.setattr(study, "evaluations_saved", lambda out, ckpt, override=None: False)
+    monkeypatch.setattr(study, "evaluations_saved", lambda out, model, ckpt, override=None: False)
     monkeypatch.setattr(study, "validation_ceiling", lambda data: 0.55)
     monkeypatch.setattr(
         study, "run_intervals", lambda where: {m: Interval(0.5, 0.4, 0.6, 10) for m in (*PRIMARY, *SECONDARY)}

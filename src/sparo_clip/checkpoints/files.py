@@ -70,7 +70,9 @@ def _write_atomically(path: Path, write: Any) -> Path:
         kept = "the file there before is intact" if path.exists() else "nothing was written"
         raise WriteError(f"cannot write {path}: {e.strerror or e} ({kept})") from e
     try:
-        os.fchmod(fd, _mode_for(path))  # mkstemp makes it 0600: the file gets the mode a plain write would give
+        os.fchmod(
+            fd, _mode_for(path)
+        )  # mkstemp makes it 0600: the file gets the mode a plain write would give
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparo_clip.checkpoints.files import atomic_write_text
 from sparo_clip.data.generate import generate
 from sparo_clip.data.sets import SizeCfg
 from sparo_clip.data.world import WorldCfg
@@ -341,33 +342,69 @@ def evaluate(
     results = {}
     for key, argv in jobs.items():
         done = out / f"{key}.json"
-        saved = _saved(out, key, ckpt, override, slots) if reuse else None
+        saved = _saved(out, key, model, ckpt, override, slots) if reuse else None
         if saved is not None:
             results[key] = saved["metrics"]
             continue
         items = ["--save-items", str(out / f"{key}_items.pt")]
         results[key] = _eval([*argv, *common, *items], done)["metrics"]
+        atomic_write_text(out / f"{key}{SOURCE_SUFFIX}", json.dumps(_source(model, ckpt, override)))
     return results
 
 
+SOURCE_SUFFIX = ".source.json"  # beside each evaluation: what it was made of (see _source)
+
+
+def _source(model: str, ckpt: str | Path, override: dict[str, Any] | None) -> dict[str, Any]:
+    """What an evaluation is made of: the checkpoint file (path, size, modification time; None once removed)
+    and the model config its name and override build."""
+    from sparo_clip.models.builder import resolve_model_config
+
+    try:
+        st = Path(ckpt).stat()
+        file = [st.st_size, st.st_mtime_ns]
+    except OSError:
+        file = None
+    return {"checkpoint": str(ckpt), "file": file,
+            "model_cfg": json.loads(json.dumps(resolve_model_config(model, override)))}  # fmt: skip
+
+
 def _saved(
-    out: Path, key: str, ckpt: str | Path, override: dict[str, Any] | None, slots: str | None
+    out: Path, key: str, model: str, ckpt: str | Path, override: dict[str, Any] | None, slots: str | None
 ) -> dict[str, Any] | None:
-    """The saved result of one evaluation of this checkpoint (same override, slots or not), or None."""
+    """The saved result of one evaluation of this checkpoint (same override, slots or not), or None.
+
+    It must have been made of this model: the config the model name builds today, and the checkpoint file as it
+    is now (a run trained again under the same name has a new file). A removed checkpoint is judged by its
+    config alone (the study removes checkpoints once evaluated). Evaluations saved before this record existed
+    are judged by checkpoint path and override only.
+    """
     done = out / f"{key}.json"
     if not (done.is_file() and (out / f"{key}_items.pt").is_file()):
         return None
     try:
         saved = json.loads(done.read_text())
+        source = out / f"{key}{SOURCE_SUFFIX}"
+        made_of = json.loads(source.read_text()) if source.is_file() else None
     except (OSError, ValueError):
         return None
     same_model = saved.get("pretrained") == str(ckpt) and saved.get("override_model_config") == override
-    return saved if same_model and (slots is None) == (saved.get("slots") is None) else None
+    if not (same_model and (slots is None) == (saved.get("slots") is None)):
+        return None
+    if isinstance(made_of, dict):
+        now = _source(model, ckpt, override)
+        if made_of.get("model_cfg") != now["model_cfg"] or made_of.get("checkpoint") != now["checkpoint"]:
+            return None
+        if now["file"] is not None and made_of.get("file") != now["file"]:
+            return None
+    return saved
 
 
-def evaluations_saved(out: str | Path, ckpt: str | Path, override: dict[str, Any] | None = None) -> bool:
-    """Whether every evaluation :func:`evaluate` makes of this checkpoint is saved under ``out``."""
-    return all(_saved(Path(out), key, ckpt, override, None) is not None for key in EVALUATIONS)
+def evaluations_saved(
+    out: str | Path, model: str, ckpt: str | Path, override: dict[str, Any] | None = None
+) -> bool:
+    """Whether every evaluation :func:`evaluate` makes of this model's checkpoint is saved under ``out``."""
+    return all(_saved(Path(out), key, model, ckpt, override, None) is not None for key in EVALUATIONS)
 
 
 def untrained_checkpoint(model: str, path: Path, seed: int, override: dict[str, Any] | None = None) -> Path:
