@@ -200,7 +200,7 @@ def write_recipe(
     cfg = json.loads(config.read_text())
     cfg["embed_dim"] = shape[0] * shape[1]
     cfg["sparo_cfg"] |= {"num_slots": shape[0], "slot_dim": shape[1]}
-    config.write_text(json.dumps(cfg, indent=4) + "\n")
+    atomic_write_text(config, json.dumps(cfg, indent=4) + "\n")
     write_quickstart_curve(evidence, args, ROOT / "docs" / "quickstart.md")
     return recipe
 
@@ -366,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.is_file() else {}
     if problem is None and args.write_docs and args.stage in ("tune", "plateau") and "compare" not in state:
         problem = f"--write-docs needs a comparison: {state_path} has none yet (run --stage compare)"
+    if problem is None and args.write_docs and args.stage == "compare" and "tuning" not in state:
+        problem = (
+            f"--write-docs needs the tuning the doc reports: {state_path} has none yet (run --stage tune)"
+        )
     if problem:
         print(f"study: error: {problem}", file=sys.stderr)
         return 2

@@ -12,19 +12,14 @@ from sparo_clip.commands.quickstart_report import mean_sd
 from sparo_clip.experiment.metrics import BY_LABEL, CONTROL_RANGE, METRICS, PRIMARY, SECONDARY
 from sparo_clip.experiment.stats import PLATEAU_TOLERANCE, PLATEAU_WINDOW, plateau
 
+from .common import replace_block
+
 CURVE_BEGIN, CURVE_END = "<!-- plateau-curve:begin -->", "<!-- plateau-curve:end -->"
 PAPER_SCALE = (
     "The paper's gains (ImageNet zero-shot +14%, SugarCrepe +4% / +9% with slot selection) were measured with "
     "ViT-B models trained on CC12M + CC3M (about 12.8M pairs) for 25 epochs; nothing at this scale confirms or "
     "refutes them"
 )
-
-
-def _replace_block(path: Path, begin: str, end: str, text: str) -> None:
-    doc = path.read_text()
-    if begin not in doc or end not in doc:
-        raise ValueError(f"{path} has no {begin} ... {end} block to fill")
-    path.write_text(doc[: doc.index(begin) + len(begin)] + "\n" + text + "\n" + doc[doc.index(end) :])
 
 
 def _plot_curves(evidence: dict[str, Any], path: Path) -> Path:
@@ -124,7 +119,7 @@ def write_quickstart_curve(evidence: dict[str, Any], args: Any, doc: Path) -> No
             f"At {epochs} epochs {sum(r['flat'] for r in at)} of {len(at)} runs meet the plateau rule"
             + (" (the default budget)." if epochs == args.epochs else ".")
         )
-    _replace_block(doc, CURVE_BEGIN, CURVE_END, "\n".join(lines))
+    replace_block(doc, CURVE_BEGIN, CURVE_END, "\n".join(lines))
 
 
 RULE = (
@@ -135,9 +130,17 @@ RULE = (
 )
 
 
+def _judged(run: dict[str, Any], ceiling: float | None) -> dict[str, Any]:
+    """The plateau rule's verdict on a run's curve, computed now (a cache written by earlier code may hold a
+    verdict from an earlier rule)."""
+    verdict = plateau([p["val_r1"] for p in run["curve"]], ceiling=ceiling)
+    return {"final": run["curve"][-1]["val_r1"], "flat": verdict.flat, "gain": verdict.gain,
+            "at_ceiling": verdict.at_ceiling, "headroom": verdict.headroom}  # fmt: skip
+
+
 def _verdict_word(run: dict[str, Any]) -> str:
     if run.get("at_ceiling"):
-        where = "at" if run["headroom"] <= 0 else f"within {run['headroom']:.3f} of"
+        where = "at" if run["headroom"] < 0.0005 else f"within {run['headroom']:.3f} of"
         return f"flat ({where} the content ceiling)"
     return "flat" if run["flat"] else "still rising"
 
@@ -205,6 +208,7 @@ def _plateau_section(state: dict[str, Any], doc: Path) -> list[str]:
     ]
     for name, run in runs.items():
         label, epochs = name.rsplit("-e", 1)
+        run = _judged(run, evidence.get("val_ceiling"))
         lines.append(
             f"| tiny-{label}, {epochs} epochs | {run['final']:.3f} | {run['gain']:+.3f} | "
             f"{_verdict_word(run)} |"
@@ -418,8 +422,9 @@ def write_study_doc(state: dict[str, Any], path: Path) -> None:
                 f"Not every run at {final} epochs met the plateau rule ("
                 + ", ".join(f"tiny-{m} {k} of {n}" for m, (k, n) in sorted(final_flat.items()))
                 + "): "
-                + " and ".join(f"tiny-{m}" for m, (k, n) in sorted(final_flat.items()) if k < n)
-                + " was still improving where it did not, and these differences may change with longer training.",
+                + " and ".join(rising := [f"tiny-{m}" for m, (k, n) in sorted(final_flat.items()) if k < n])
+                + (" was" if len(rising) == 1 else " were")
+                + " still improving where it did not, and these differences may change with longer training.",
                 "",
             ]
             if any(k < n for k, n in final_flat.values())

@@ -356,9 +356,20 @@ def test_each_budget_shows_every_seeds_validation_curve_as_a_picture(tmp_path):
              "recipe": {"epochs": 3, "world": {"image_size": 48}},
              "compare": {"3": {"comparison": {m: row for m in (*PRIMARY, *SECONDARY)}, "steps": 30,
                                "curves": {s: {"CLIP": curve, "SPARO": curve} for s in ("0", "1")},
-                               "ceilings": {"0": 0.5, "1": 0.6}}}}  # fmt: skip
+                               "ceilings": {"0": 0.3, "1": 0.6}}}}  # fmt: skip
     write_study_doc(state, tmp_path / "study.md")
     doc = (tmp_path / "study.md").read_text()
     assert "![validation curves at 3 epochs, every seed](img/study/curves-e3.png)" in doc
     assert (tmp_path / "img" / "study" / "curves-e3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "tiny-CLIP flat in" in doc  # the rule's verdicts stand beside the picture
+    # the rule's verdicts stand beside the picture, each seed judged against its own ceiling: the curve gains
+    # 0.1 over its last third, so it is flat only where it reached the ceiling (seed 0's 0.3)
+    assert "tiny-CLIP flat in 1 of 2 seeds, tiny-SPARO flat in 1 of 2 seeds" in doc
+
+
+def test_write_docs_without_a_tuning_is_refused_before_the_comparison_trains(sandbox, capsys):
+    fake, root, tmp = sandbox
+    recipe_mod.write(recipe_mod.Recipe(epochs=2, lr={"CLIP": 1e-3, "SPARO": 1e-3}))
+    assert study.main(["--stage", "compare", "--out", str(tmp / "runs"), "--write-docs"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("study: error: --write-docs needs the tuning") and "\n" not in err
+    assert fake.trained == [] and not (tmp / "runs" / "study.json").exists()

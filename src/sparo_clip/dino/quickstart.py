@@ -536,13 +536,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     try:
         report = run(budget, out, list(range(args.seeds)), WORLD, parallel=not args.one_at_a_time)
-    except (
-        SparoClipError,
-        RuntimeError,
-        OSError,
-        ValueError,
-    ) as e:  # a step failed (or a world folder is not
-        # what it should be, e.g. a stray class folder in its probe set): say which in one line
+    except (SparoClipError, RuntimeError, OSError) as e:
+        # a step failed, or a world folder is not what it should be (e.g. a stray class folder in its probe set,
+        # a DataError): say which in one line
         print(f"sparo-dino quickstart: error: {one_line(e)}", file=sys.stderr)
         return 1
     table, diag = report_table(report), diagnostics_table(report)

@@ -16,6 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from sparo_clip.errors import DataError
+
 
 def _link(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -36,7 +38,7 @@ def probe_sets(world_dir: str | Path, out: str | Path | None = None) -> dict[str
     world_dir = Path(world_dir)
     manifest_path = world_dir / "dataset.json"
     if not manifest_path.is_file():
-        raise ValueError(f"{world_dir}: no dataset.json; generate the world first (sparo-clip make-data)")
+        raise DataError(f"{world_dir}: no dataset.json; generate the world first (sparo-clip make-data)")
     manifest = json.loads(manifest_path.read_text())
     source = Path(manifest["zeroshot"]["all"]["dir"])
     out = Path(out) if out is not None else world_dir / "probe"
@@ -44,7 +46,7 @@ def probe_sets(world_dir: str | Path, out: str | Path | None = None) -> dict[str
     for folder in sorted(p for p in source.iterdir() if p.is_dir()):
         images = sorted(folder.glob("*.png"))
         if len(images) < 2:
-            raise ValueError(f"{folder}: needs at least 2 images per class to split into probe train/val")
+            raise DataError(f"{folder}: needs at least 2 images per class to split into probe train/val")
         half = len(images) // 2
         per_class = half
         for split, part in (("train", images[:half]), ("val", images[half:])):
@@ -76,7 +78,7 @@ def _factor_sets(out: Path, world: dict[str, Any]) -> dict[str, dict[str, str]]:
         for split in ("train", "val"):
             for folder in sorted(p for p in (out / split).iterdir() if p.is_dir()):
                 if folder.name not in names:
-                    raise ValueError(f"{folder}: not a colour_shape class of this world ({sorted(names)})")
+                    raise DataError(f"{folder}: not a colour_shape class of this world ({sorted(names)})")
                 value = names[folder.name][index]
                 for img in sorted(folder.glob("*.png")):
                     _link(img, root / split / value / f"{folder.name}__{img.name}")

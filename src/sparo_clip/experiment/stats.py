@@ -150,7 +150,7 @@ class Plateau:
 
     def describe(self) -> str:
         if self.at_ceiling:
-            where = "at" if self.headroom <= 0 else f"within {self.headroom:.3f} of"
+            where = "at" if self.headroom < 0.0005 else f"within {self.headroom:.3f} of"
             return f"flat: {where} the content ceiling (+{self.gain:.3f} over the last {self.window:.0%} of training)"
         verdict = "flat" if self.flat else "still rising"
         return (
