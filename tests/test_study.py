@@ -373,3 +373,37 @@ def test_write_docs_without_a_tuning_is_refused_before_the_comparison_trains(san
     err = capsys.readouterr().err.strip()
     assert err.startswith("study: error: --write-docs needs the tuning") and "\n" not in err
     assert fake.trained == [] and not (tmp / "runs" / "study.json").exists()
+
+
+def test_a_run_counts_as_evaluated_by_the_folder_model_and_override_it_is_evaluated_with(
+    sandbox, monkeypatch
+):
+    fake, root, tmp = sandbox
+    recipe_mod.write(recipe_mod.Recipe(epochs=2, lr={"CLIP": 1e-3, "SPARO": 1e-3}))
+    _cached_tuning(tmp, slot_shape="16x16")
+    callbacks, asked, evaluated = {}, [], {}
+    train = fake.train_runs
+
+    def train_runs(runs, out, slots=1, evaluated=None):
+        callbacks.update({name: evaluated for name in runs})
+        return train(runs, out, slots, evaluated)
+
+    def evaluate(model, ckpt, data, out, slots=None, reuse=False, override=None):
+        evaluated[ckpt] = (str(out), model, override)
+        return FakeRuns.evaluate(model, ckpt, data, out, slots, reuse, override)
+
+    monkeypatch.setattr(study, "train_runs", train_runs)
+    monkeypatch.setattr(study, "evaluate", evaluate)
+    monkeypatch.setattr(study, "evaluations_saved", lambda *a: asked.append(a) or False)
+    argv = ["--stage", "compare", "--seeds", "2", "--epochs", "2", "--short-epochs", "1", "--out", str(tmp / "runs"),
+            "--data", str(tmp / "data")]  # fmt: skip
+    assert study.main(argv) == 0
+    trained = [name for name in callbacks if "untrained" not in name]
+    assert len(trained) == 8  # 2 models x 2 seeds x 2 budgets
+    for name in trained:  # what the reuse check asks about a run is where and how that run is evaluated
+        asked.clear()
+        ckpt = str(tmp / "runs" / "compare" / f"{name}.pt")
+        assert callbacks[name](name, ckpt) is False
+        ((where, model, ckpt_asked, override),) = asked
+        assert ckpt_asked == ckpt and evaluated[ckpt] == (str(where), model, override)
+        assert (override is not None) == name.startswith("SPARO")  # the tuned 16x16 shape travels with it
