@@ -216,6 +216,21 @@ def _plateau_section(state: dict[str, Any], doc: Path) -> list[str]:
     return [*lines, ""]
 
 
+def _converged_line(state: dict[str, Any], final: str, flat: dict[str, tuple[int, int]]) -> str:
+    """When every run at the longest budget met the plateau rule: say so, and, when the comparison trained the
+    main job's own recipe (learning rates and slot shape), the command that trains the main job to it."""
+    if not flat or any(k < n for k, n in flat.values()):
+        return ""
+    line = f"Every run at {final} epochs met the plateau rule: at this scale these are the converged numbers."
+    trained = state.get("compare_recipe", {})
+    if trained.get("lr") == state["recipe"].get("lr") and not trained.get("sparo_override"):
+        line += (
+            f" The comparison trained the main job's recipe (learning rates and slot shape), only longer: "
+            f"`./scripts/quickstart.sh --epochs {final}` runs the main job at this budget."
+        )
+    return line
+
+
 def _span(values: list[float]) -> str:
     vals = [v for v in values if v is not None and not math.isnan(v)]
     if not vals:
@@ -428,6 +443,11 @@ def write_study_doc(state: dict[str, Any], path: Path) -> None:
                 "",
             ]
             if any(k < n for k, n in final_flat.values())
+            else []
+        ),
+        *(
+            [_converged_line(state, final, final_flat), ""]
+            if _converged_line(state, final, final_flat)
             else []
         ),
         f"{PAPER_SCALE}: this study trains tiny towers on {state['recipe']['world']['image_size']}-pixel synthetic "

@@ -407,3 +407,23 @@ def test_a_run_counts_as_evaluated_by_the_folder_model_and_override_it_is_evalua
         ((where, model, ckpt_asked, override),) = asked
         assert ckpt_asked == ckpt and evaluated[ckpt] == (str(where), model, override)
         assert (override is not None) == name.startswith("SPARO")  # the tuned 16x16 shape travels with it
+
+
+@pytest.mark.parametrize("same_recipe", [True, False])
+def test_a_converged_study_says_so_and_how_the_main_job_reaches_that_budget(tmp_path, same_recipe):
+    from benchmarks.study_doc import write_study_doc
+
+    row = {"a": [0.1, 0.2], "b": [0.3, 0.4], "p": 0.01, "p_holm": 0.01,
+           "diff": {"mean": 0.2, "low": 0.1, "high": 0.3, "n": 2}}  # fmt: skip
+    flat = [{"epoch": e, "step": 10 * e, "val_r1": 0.5} for e in (1, 2, 3)]
+    lr = {"CLIP": 2e-3, "SPARO": 2e-3}
+    state = {"settings": {"command": "c", "machine": "m", "seeds": 2, "epochs": 3},
+             "tuning": {"lr_scores": {}, "lr": lr, "slot_scores": {}, "slot_shape": "8x32", "tune_seed": 1000},
+             "recipe": {"epochs": 6, "lr": lr, "world": {"image_size": 48}},
+             "compare_recipe": {"lr": lr if same_recipe else {"CLIP": 1e-3, "SPARO": 2e-3}, "sparo_override": None},
+             "compare": {"32": {"comparison": {m: row for m in (*PRIMARY, *SECONDARY)}, "steps": 30,
+                                "curves": {s: {"CLIP": flat, "SPARO": flat} for s in ("0", "1")}}}}  # fmt: skip
+    write_study_doc(state, tmp_path / "study.md")
+    doc = (tmp_path / "study.md").read_text()
+    assert "Every run at 32 epochs met the plateau rule" in doc
+    assert ("`./scripts/quickstart.sh --epochs 32`" in doc) == same_recipe  # only when it is the same recipe
