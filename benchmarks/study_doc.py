@@ -231,6 +231,36 @@ def _converged_line(state: dict[str, Any], final: str, flat: dict[str, tuple[int
     return line
 
 
+def _speed_line(compare: dict[str, Any], short: str, final: str) -> str:
+    """When the longest budget converged and shows no difference on a primary metric where the main job's
+    shorter, unconverged budget showed one: that difference is one of learning speed. Empty otherwise."""
+    if short not in compare or short == final:
+        return ""
+    flat_final = _flat_counts(compare[final].get("curves", {}), compare[final].get("ceilings"))
+    flat_short = _flat_counts(compare[short].get("curves", {}), compare[short].get("ceilings"))
+    if not flat_final or any(k < n for k, n in flat_final.values()):
+        return ""
+    if flat_short and all(k == n for k, n in flat_short.values()):
+        return ""  # the short budget converged too: its differences are not about speed
+    faded = [(m, verdict(compare[short]["comparison"][m]["diff"])) for m in PRIMARY
+             if verdict(compare[short]["comparison"][m]["diff"]).endswith("ahead")
+             and verdict(compare[final]["comparison"][m]["diff"]) == "no difference detected"]  # fmt: skip
+    if not faded:
+        return ""
+    met = sum(k for k, _ in flat_short.values())
+    of = sum(n for _, n in flat_short.values())
+    return (
+        f"At {short} epochs, where {met} of {of} runs had met the plateau rule, "
+        + ("a primary metric differed (" if len(faded) == 1 else "primary metrics differed (")
+        + "; ".join(f"{m}: {reading}" for m, reading in faded)
+        + f"); at {final} epochs, where every run had, "
+        + ("that difference is" if len(faded) == 1 else "these differences are")
+        + " not detected. At this scale "
+        + ("it is a difference" if len(faded) == 1 else "they are differences")
+        + " in how fast the two models learn, not in where they end."
+    )
+
+
 def _span(values: list[float]) -> str:
     vals = [v for v in values if v is not None and not math.isnan(v)]
     if not vals:
@@ -446,10 +476,11 @@ def write_study_doc(state: dict[str, Any], path: Path) -> None:
             else []
         ),
         *(
-            [_converged_line(state, final, final_flat), ""]
-            if _converged_line(state, final, final_flat)
-            else []
-        ),
+            line
+            for text in (_converged_line(state, final, final_flat), _speed_line(compare, default, final))
+            if text
+            for line in (text, "")
+        ),  # fmt: skip
         f"{PAPER_SCALE}: this study trains tiny towers on {state['recipe']['world']['image_size']}-pixel synthetic "
         "scenes for minutes on CPU cores.",
         "",

@@ -427,3 +427,28 @@ def test_a_converged_study_says_so_and_how_the_main_job_reaches_that_budget(tmp_
     doc = (tmp_path / "study.md").read_text()
     assert "Every run at 32 epochs met the plateau rule" in doc
     assert ("`./scripts/quickstart.sh --epochs 32`" in doc) == same_recipe  # only when it is the same recipe
+
+
+def test_a_lead_at_the_short_budget_that_fades_at_the_converged_one_is_read_as_learning_speed(tmp_path):
+    from benchmarks.study_doc import write_study_doc
+
+    def rows(low):  # SPARO − CLIP's interval starts at ``low``: above 0 reads "SPARO ahead"
+        row = {"a": [0.1, 0.2], "b": [0.3, 0.4], "p": 0.01, "p_holm": 0.5,
+               "diff": {"mean": low + 0.1, "low": low, "high": low + 0.2, "n": 2}}  # fmt: skip
+        return {m: dict(row, p_holm=None) if m in PRIMARY else row for m in (*PRIMARY, *SECONDARY)}
+
+    flat = [{"epoch": e, "step": 10 * e, "val_r1": 0.5} for e in (1, 2, 3)]
+    rising = [{"epoch": e, "step": 10 * e, "val_r1": 0.1 * e} for e in (1, 2, 3)]
+    budget = {"6": (rows(0.05), rising), "32": (rows(-0.1), flat)}
+    state = {"settings": {"command": "c", "machine": "m", "seeds": 2, "epochs": 32},
+             "tuning": {"lr_scores": {}, "lr": {}, "slot_scores": {}, "slot_shape": "8x32", "tune_seed": 1000},
+             "recipe": {"epochs": 6, "world": {"image_size": 48}},
+             "compare": {b: {"comparison": comp, "steps": 30, "curves": {s: {"CLIP": c, "SPARO": c} for s in "01"}}
+                         for b, (comp, c) in budget.items()}}  # fmt: skip
+    write_study_doc(state, tmp_path / "study.md")
+    doc = (tmp_path / "study.md").read_text()
+    assert "At 6 epochs, where 0 of 4 runs had met the plateau rule, primary metrics differed" in doc
+    assert "differences in how fast the two models learn, not in where they end" in doc
+    state["compare"]["32"]["curves"] = state["compare"]["6"]["curves"]  # the long budget not converged either
+    write_study_doc(state, tmp_path / "study.md")
+    assert "how fast the two models learn" not in (tmp_path / "study.md").read_text()
