@@ -3,7 +3,9 @@ number comes from its run cache."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,31 +24,42 @@ PAPER_SCALE = (
 )
 
 
-def _plot_curves(evidence: dict[str, Any], path: Path) -> Path:
+COLOURS = {"CLIP": "#1f77b4", "SPARO": "#d62728"}
+
+
+@contextlib.contextmanager
+def _curve_figure(path: Path) -> Iterator[Any]:
+    """Axes for validation curves; on leaving, labelled and saved to ``path`` as PNG (closed either way)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.4, 3.6), dpi=110)
-    colours = {"CLIP": "#1f77b4", "SPARO": "#d62728"}
-    for name, run in evidence.items():
-        if not isinstance(run, dict) or "curve" not in run:
-            continue
-        label, epochs = name.rsplit("-e", 1)
-        style = "-" if name == min((n for n in evidence if n.startswith(label + "-e")), key=len) else "--"
-        ax.plot([p["step"] for p in run["curve"]], [p["val_r1"] for p in run["curve"]], style, marker="o", ms=3,
-                color=colours[label], label=f"tiny-{label}, {epochs} epochs")  # fmt: skip
-    if evidence.get("val_ceiling") is not None:
-        ax.axhline(evidence["val_ceiling"], color="grey", ls=":", lw=1, label="content ceiling")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("validation R@1 (mean of both ways)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        yield ax
+        ax.set_xlabel("training step")
+        ax.set_ylabel("validation R@1 (mean of both ways)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+def _plot_curves(evidence: dict[str, Any], path: Path) -> Path:
+    with _curve_figure(path) as ax:
+        for name, run in evidence.items():
+            if not isinstance(run, dict) or "curve" not in run:
+                continue
+            label, epochs = name.rsplit("-e", 1)
+            style = "-" if name == min((n for n in evidence if n.startswith(label + "-e")), key=len) else "--"
+            ax.plot([p["step"] for p in run["curve"]], [p["val_r1"] for p in run["curve"]], style, marker="o",
+                    ms=3, color=COLOURS[label], label=f"tiny-{label}, {epochs} epochs")  # fmt: skip
+        if evidence.get("val_ceiling") is not None:
+            ax.axhline(evidence["val_ceiling"], color="grey", ls=":", lw=1, label="content ceiling")
     return path
 
 
@@ -55,31 +68,17 @@ def _plot_seed_curves(
 ) -> Path:
     """Every comparison seed's validation curve, one thin line per seed and model, with the seeds' content
     ceilings (a band from the lowest to the highest)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.4, 3.6), dpi=110)
-    colours = {"CLIP": "#1f77b4", "SPARO": "#d62728"}
-    labelled: set[str] = set()
-    for seed in sorted(curves, key=int):
-        for label, curve in sorted(curves[seed].items()):
-            ax.plot([p["step"] for p in curve], [p["val_r1"] for p in curve], "-", lw=1, alpha=0.8,
-                    color=colours[label], label=None if label in labelled else f"tiny-{label}")  # fmt: skip
-            labelled.add(label)
-    if ceilings:
-        low, high = min(ceilings.values()), max(ceilings.values())
-        ax.axhspan(low, max(high, low + 1e-3), color="grey", alpha=0.25, label="content ceilings")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("validation R@1 (mean of both ways)")
-    ax.set_title(f"{len(curves)} seeds, each its own world", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    with _curve_figure(path) as ax:
+        labelled: set[str] = set()
+        for seed in sorted(curves, key=int):
+            for label, curve in sorted(curves[seed].items()):
+                ax.plot([p["step"] for p in curve], [p["val_r1"] for p in curve], "-", lw=1, alpha=0.8,
+                        color=COLOURS[label], label=None if label in labelled else f"tiny-{label}")  # fmt: skip
+                labelled.add(label)
+        if ceilings:
+            low, high = min(ceilings.values()), max(ceilings.values())
+            ax.axhspan(low, max(high, low + 1e-3), color="grey", alpha=0.25, label="content ceilings")
+        ax.set_title(f"{len(curves)} seeds, each its own world", fontsize=9)
     return path
 
 
