@@ -99,7 +99,17 @@ def test_a_finished_run_is_reused_only_if_its_recorded_model_is_the_one_its_name
     assert runs._finished(run, settings, lambda c: True) is None
 
 
-def test_evaluate_gives_every_eval_the_override_the_checkpoint_was_trained_with(tmp_path, monkeypatch):
+EVAL_DATA = {
+    "compositional": {"dir": "c", "classes": "k", "templates": "t"},
+    "binding": {"root": "b", "blank": "bb"},
+    "sugarcrepe": {"root": "s", "blank": "sb"},
+    "test": {"csv": "r.csv"},
+}
+
+
+def _fake_evals(monkeypatch, pretrained: str) -> list:
+    """Stand-in eval commands that save what a real one saves (result JSON with the checkpoint and override,
+    per-item scores); returns the list their argv are appended to."""
     import json
 
     calls = []
@@ -107,20 +117,21 @@ def test_evaluate_gives_every_eval_the_override_the_checkpoint_was_trained_with(
     def fake_eval(argv, output):
         calls.append(argv)
         given = argv[argv.index("--override-model-config") + 1] if "--override-model-config" in argv else None
-        items = argv[argv.index("--save-items") + 1]
-        Path(items).write_bytes(b"x")
-        saved = {"pretrained": "ck.pt", "slots": None, "metrics": {"n": len(calls)}}
+        Path(argv[argv.index("--save-items") + 1]).write_bytes(b"x")
+        saved = {"pretrained": pretrained, "slots": None, "metrics": {"n": len(calls)}}
         saved |= {"override_model_config": json.loads(given)} if given else {}
         output.write_text(json.dumps(saved))
         return saved
 
     monkeypatch.setattr(runs, "_eval", fake_eval)
-    data = {
-        "compositional": {"dir": "c", "classes": "k", "templates": "t"},
-        "binding": {"root": "b", "blank": "bb"},
-        "sugarcrepe": {"root": "s", "blank": "sb"},
-        "test": {"csv": "r.csv"},
-    }
+    return calls
+
+
+def test_evaluate_gives_every_eval_the_override_the_checkpoint_was_trained_with(tmp_path, monkeypatch):
+    import json
+
+    calls = _fake_evals(monkeypatch, "ck.pt")
+    data = EVAL_DATA
     shape = {"embed_dim": 256, "sparo_cfg": {"num_slots": 16, "slot_dim": 16}}
     runs.evaluate("tiny-SPARO", "ck.pt", data, tmp_path, reuse=True, override=shape)
     assert len(calls) == len(runs.EVALUATIONS)
@@ -138,25 +149,10 @@ def test_evaluate_gives_every_eval_the_override_the_checkpoint_was_trained_with(
 
 
 def test_an_evaluation_is_reused_only_for_the_checkpoint_and_config_it_was_made_of(tmp_path, monkeypatch):
-    import json
 
     ckpt = tmp_path / "ck.pt"
-    calls = []
-
-    def fake_eval(argv, output):
-        calls.append(argv)
-        Path(argv[argv.index("--save-items") + 1]).write_bytes(b"x")
-        saved = {"pretrained": str(ckpt), "slots": None, "metrics": {"n": len(calls)}}
-        output.write_text(json.dumps(saved))
-        return saved
-
-    monkeypatch.setattr(runs, "_eval", fake_eval)
-    data = {
-        "compositional": {"dir": "c", "classes": "k", "templates": "t"},
-        "binding": {"root": "b", "blank": "bb"},
-        "sugarcrepe": {"root": "s", "blank": "sb"},
-        "test": {"csv": "r.csv"},
-    }
+    calls = _fake_evals(monkeypatch, str(ckpt))
+    data = EVAL_DATA
     out, n = tmp_path / "eval", len(runs.EVALUATIONS)
     ckpt.write_bytes(b"first training")
     runs.evaluate("tiny-CLIP", ckpt, data, out, reuse=True)

@@ -339,16 +339,16 @@ def evaluate(
         "sugarcrepe_blank": ["sugarcrepe", "--root", data["sugarcrepe"]["blank"]],
         "retrieval": ["retrieval", "--csv", data["test"]["csv"]],
     }  # fmt: skip
-    results = {}
+    results, made_of = {}, _source(model, ckpt, override)  # what these evaluations are made of
     for key, argv in jobs.items():
         done = out / f"{key}.json"
-        saved = _saved(out, key, model, ckpt, override, slots) if reuse else None
+        saved = _saved(out, key, made_of, ckpt, override, slots) if reuse else None
         if saved is not None:
             results[key] = saved["metrics"]
             continue
         items = ["--save-items", str(out / f"{key}_items.pt")]
         results[key] = _eval([*argv, *common, *items], done)["metrics"]
-        atomic_write_text(out / f"{key}{SOURCE_SUFFIX}", json.dumps(_source(model, ckpt, override)))
+        atomic_write_text(out / f"{key}{SOURCE_SUFFIX}", json.dumps(made_of))
     return results
 
 
@@ -370,11 +370,16 @@ def _source(model: str, ckpt: str | Path, override: dict[str, Any] | None) -> di
 
 
 def _saved(
-    out: Path, key: str, model: str, ckpt: str | Path, override: dict[str, Any] | None, slots: str | None
+    out: Path,
+    key: str,
+    now: dict[str, Any],
+    ckpt: str | Path,
+    override: dict[str, Any] | None,
+    slots: str | None,
 ) -> dict[str, Any] | None:
     """The saved result of one evaluation of this checkpoint (same override, slots or not), or None.
 
-    It must have been made of this model: the config the model name builds today, and the checkpoint file as it
+    ``now``: :func:`_source` of the checkpoint today. The evaluation must have been made of this model: the config the model name builds today, and the checkpoint file as it
     is now (a run trained again under the same name has a new file). A removed checkpoint is judged by its
     config alone (the study removes checkpoints once evaluated). Evaluations saved before this record existed
     are judged by checkpoint path and override only.
@@ -392,7 +397,6 @@ def _saved(
     if not (same_model and (slots is None) == (saved.get("slots") is None)):
         return None
     if isinstance(made_of, dict):
-        now = _source(model, ckpt, override)
         if made_of.get("model_cfg") != now["model_cfg"] or made_of.get("checkpoint") != now["checkpoint"]:
             return None
         if now["file"] is not None and made_of.get("file") != now["file"]:
@@ -404,7 +408,8 @@ def evaluations_saved(
     out: str | Path, model: str, ckpt: str | Path, override: dict[str, Any] | None = None
 ) -> bool:
     """Whether every evaluation :func:`evaluate` makes of this model's checkpoint is saved under ``out``."""
-    return all(_saved(Path(out), key, model, ckpt, override, None) is not None for key in EVALUATIONS)
+    now = _source(model, ckpt, override)
+    return all(_saved(Path(out), key, now, ckpt, override, None) is not None for key in EVALUATIONS)
 
 
 def untrained_checkpoint(model: str, path: Path, seed: int, override: dict[str, Any] | None = None) -> Path:
