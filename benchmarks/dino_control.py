@@ -15,6 +15,7 @@ learns, not in what the images show or the architecture can hold.
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import statistics
 import sys
@@ -27,8 +28,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from sparo_clip.errors import DataError, SparoClipError, UnreadableImage, one_line
+from sparo_clip.inputs import read_image
+
 from .common import replace_block, save_result
 
+logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- dino-supervised:begin -->", "<!-- dino-supervised:end -->"
 
@@ -46,11 +51,22 @@ class Training:
 
 
 def _images(folder: str | Path, transform: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The images of an ImageFolder-style ``folder`` and their class indices; an unreadable image is skipped
+    with a warning naming it (``sparo_clip.inputs.read_image``)."""
     from torchvision.datasets import ImageFolder
 
-    data = ImageFolder(str(folder), transform=transform)
-    x = torch.stack([data[i][0] for i in range(len(data))])
-    return x, torch.tensor(data.targets), data.classes
+    data = ImageFolder(str(folder), loader=lambda path: path)  # the paths; each is read below
+    images, targets = [], []
+    for path, target in data.samples:
+        try:
+            images.append(transform(read_image(path)))
+        except UnreadableImage as e:
+            logger.warning("skipping an unreadable image: %s", e)
+            continue
+        targets.append(target)
+    if not images:
+        raise DataError(f"{folder}: no readable image")
+    return torch.stack(images), torch.tensor(targets), data.classes
 
 
 def supervised_probe(
@@ -73,7 +89,7 @@ def supervised_probe(
     xtr, ytr, classes = _images(train, transform)
     xva, yva, val_classes = _images(val, transform)
     if val_classes != classes:
-        raise ValueError(f"{val}: classes {val_classes} differ from {train}'s {classes}")
+        raise DataError(f"{val}: classes {val_classes} differ from {train}'s {classes}")
     torch.manual_seed(seed)
     enc = DinoEncoder(cfg)
     head = torch.nn.Linear(enc.feature_dim, len(classes))
@@ -149,13 +165,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     training = Training(steps=args.steps)
     start = time.perf_counter()
     rows = {}
-    for seed in range(args.seeds):
-        probes, _ = q.prepare_world(budget, args.out, seed, q.WORLD)
-        shape = probes["factors"]["shape"]
-        rows[str(seed)] = {
-            "class": supervised_probe(probes["train"], probes["val"], training=training, seed=seed),
-            "shape": supervised_probe(shape["train"], shape["val"], training=training, seed=seed),
-        }
+    try:
+        for seed in range(args.seeds):
+            probes, _ = q.prepare_world(budget, args.out, seed, q.WORLD)
+            shape = probes["factors"]["shape"]
+            rows[str(seed)] = {
+                "class": supervised_probe(probes["train"], probes["val"], training=training, seed=seed),
+                "shape": supervised_probe(shape["train"], shape["val"], training=training, seed=seed),
+            }
+    except (
+        SparoClipError,
+        OSError,
+    ) as e:  # a world that cannot be written or read: one line, nothing written
+        p.exit(1, f"{p.prog}: error: {one_line(e)}\n")
     result = {
         "command": shlex.join(["python -m benchmarks.dino_control", *argv]),
         "training": training.__dict__,

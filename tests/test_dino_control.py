@@ -51,3 +51,28 @@ def test_a_count_below_one_is_refused_in_one_line(flag, capsys):
     with pytest.raises(SystemExit) as e:
         dino_control.main([flag, "0"])
     assert e.value.code == 2 and f"{flag} must be >= 1" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_an_unreadable_image_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
+    caplog.set_level("WARNING")
+    train, val = _folder(tmp_path / "train", 8, 0), _folder(tmp_path / "val", 4, 1)
+    (train / "red" / "broken.png").write_bytes(b"not a png")
+    result = dino_control.supervised_probe(train, val, training=dino_control.Training(steps=2, batch=4))
+    assert result["train_images"] == 16  # the 16 readable ones
+    assert any("broken.png" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where the main job's folder should be
+    with pytest.raises(SystemExit) as e:
+        dino_control.main(
+            ["--seeds", "1", "--out", str(blocker / "runs"), "--json", str(tmp_path / "r.json")]
+        )
+    err = capsys.readouterr().err.strip()
+    assert (
+        e.value.code == 1
+        and len(err.splitlines()) == 1
+        and err.startswith("python -m benchmarks.dino_control")
+    )
+    assert not (tmp_path / "r.json").exists()
