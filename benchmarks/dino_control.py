@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sparo_clip.errors import DataError, SparoClipError, UnreadableImage, one_line
-from sparo_clip.inputs import read_image
+from sparo_clip.inputs import check_writable_folder, read_image
 
 from .common import replace_block, save_result
 
@@ -157,6 +157,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in ("seeds", "steps", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1")
+    try:
+        check_writable_folder(args.out, "--out")
+    except SparoClipError as e:
+        p.error(one_line(e))
     if args.threads:
         torch.set_num_threads(args.threads)
     from sparo_clip.dino import quickstart as q

