@@ -2,7 +2,8 @@
 
 1. **Search** (``--stage search``, on a world of its own, seed ``--tune-seed``, never one the quickstart or the
    ablation uses): starting from :class:`sparo_clip.dino.quickstart.Budget`, one setting at a time
-   (:data:`AXES`: SPARO-DINO's head input, teacher momentum, teacher temperature, learning rate, prototypes K),
+   (:data:`AXES`: SPARO-DINO's head input, teacher momentum, teacher temperature, learning rate, prototypes K,
+   the teacher temperature's warm-up),
    both twins trained with
    each value and the value kept that gives the higher mean kNN top-1 of the two twins, among the values with
    which both twins *learn* (:func:`learns`: no collapse warning; at the end the targets carry information and
@@ -31,6 +32,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import replace_block
+from sparo_clip.checkpoints.files import atomic_write_text
 from sparo_clip.dino import quickstart as qs
 from sparo_clip.experiment.stats import t_interval
 
@@ -42,7 +45,12 @@ AXES: tuple[tuple[str, tuple[Any, ...]], ...] = (
     ("teacher_temp", (0.04, 0.07)),
     ("lr", (2e-3, 1e-3, 4e-3)),
     ("output_dim", (256, 1024)),
+    # DINO warms the teacher's temperature up (0.04 -> 0.07 over 30 epochs); here the question is the start: an
+    # untrained tiny ViT's targets are nearly flat, and a sharper teacher for the first epochs (0.02 -> the
+    # temperature over 3 epochs) may let them tell images apart sooner. (x, 0): no warm-up.
+    ("teacher_temp_warmup", ((0.04, 0), (0.02, 3))),
 )
+COMPOSITE = {"teacher_temp_warmup": ("warmup_teacher_temp", "warmup_teacher_temp_epochs")}
 EXTEND = (
     "lr",
 )  # numeric settings whose grid is extended by 2x past a winning edge, so the choice is bracketed
@@ -96,6 +104,32 @@ def candidates(args: argparse.Namespace, budgets: list[qs.Budget]) -> list[dict[
     return results
 
 
+def _with(budget: qs.Budget, field_name: str, value: Any) -> qs.Budget:
+    """``budget`` with one setting of :data:`AXES` changed (a composite setting sets each of its fields)."""
+    if field_name in COMPOSITE:
+        return replace(budget, **dict(zip(COMPOSITE[field_name], value, strict=True)))
+    return replace(budget, **{field_name: value})
+
+
+def _value(budget: dict[str, Any], field_name: str) -> Any:
+    """A setting's value in a budget's fields (a composite one as a tuple)."""
+    if field_name in COMPOSITE:
+        return tuple(budget[f] for f in COMPOSITE[field_name])
+    return budget[field_name]
+
+
+def _key(value: Any) -> str:
+    """A value as the study's JSON keys it (tuples and their JSON lists alike)."""
+    return json.dumps(list(value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+def _label(field_name: str, value: Any) -> str:
+    if field_name == "teacher_temp_warmup":
+        start, epochs = json.loads(value) if isinstance(value, str) else value
+        return "none" if not epochs else f"from {start} over {epochs} epochs"
+    return str(value)
+
+
 def _information(diag: dict[str, Any]) -> float | None:
     return None if diag["h_target"] is None else diag["h_mean"] - diag["h_target"]
 
@@ -113,7 +147,7 @@ def search(args: argparse.Namespace, start: qs.Budget) -> dict[str, Any]:
     current, steps = start, []
     for field_name, grid in AXES:
         values = list(grid)
-        found = candidates(args, [replace(current, **{field_name: value}) for value in values])
+        found = candidates(args, [_with(current, field_name, value) for value in values])
         results = dict(zip(values, found, strict=True))
         best = _best(values, results)
         for _ in range(MAX_EXTENSIONS if field_name in EXTEND else 0):
@@ -121,15 +155,15 @@ def search(args: argparse.Namespace, start: qs.Budget) -> dict[str, Any]:
             if best not in (ordered[0], ordered[-1]):
                 break  # bracketed
             value = best / 2 if best == ordered[0] else best * 2
-            results[value] = candidates(args, [replace(current, **{field_name: value})])[0]
+            results[value] = candidates(args, [_with(current, field_name, value)])[0]
             values.append(value)
             best = _best(values, results)
         for value in values:
             _logger.info("%s = %s: %s", field_name, value, json.dumps(results[value]))
         ok = [v for v in values if results[v]["both_learn"]]
-        steps.append({"field": field_name, "values": {str(v): results[v] for v in values}, "chosen": best,
-                      "start": getattr(current, field_name), "any_learns": bool(ok)})  # fmt: skip
-        current = replace(current, **{field_name: best})
+        steps.append({"field": field_name, "values": {_key(v): results[v] for v in values}, "chosen": best,
+                      "start": _value(asdict(current), field_name), "any_learns": bool(ok)})  # fmt: skip
+        current = _with(current, field_name, best)
     return {"budget": asdict(current), "steps": steps, "tune_seed": args.tune_seed}
 
 
@@ -179,15 +213,15 @@ def search_block(state: dict[str, Any], command: str) -> str:
         for value, r in step["values"].items():
             c, p = r["twins"]["CLS-DINO"], r["twins"]["SPARO-DINO"]
             info = " / ".join("-" if t["information"] is None else f"{t['information']:.2f}" for t in (c, p))
-            chosen = "**yes**" if value == str(step["chosen"]) else ""
+            chosen = "**yes**" if value == _key(step["chosen"]) else ""
             lines.append(
-                f"| {step['field']} | {value} | {_pct(c['knn'])} ({_pct(c['knn_init'])}) | "
+                f"| {step['field']} | {_label(step['field'], value)} | {_pct(c['knn'])} ({_pct(c['knn_init'])}) | "
                 f"{_pct(p['knn'])} ({_pct(p['knn_init'])}) | {info} | {'yes' if r['both_learn'] else 'no'} | {chosen} |"
             )
     if not all(step["any_learns"] for step in s["steps"]):
         lines += ["", "For at least one setting no value let both twins learn; its best score was kept."]
     b = s["budget"]
-    lines += ["", "Chosen: " + ", ".join(f"{k} {b[k]}" for k, _ in AXES) + "."]
+    lines += ["", "Chosen: " + ", ".join(f"{k} {_label(k, _value(b, k))}" for k, _ in AXES) + "."]
     return "\n".join(lines)
 
 
@@ -220,15 +254,6 @@ def head_block(state: dict[str, Any], command: str) -> str:
         f"Default: `{h['chosen']}`" + (" (no other input met the rule)." if h["chosen"] == "unit" else "."),
     ]
     return "\n".join(lines)
-
-
-def _fill(doc: Path, begin: str, end: str, block: str) -> None:
-    text = doc.read_text()
-    if begin not in text or end not in text:
-        raise ValueError(f"{doc}: no {begin} ... {end} block to fill")
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    doc.write_text(f"{head}{begin}\n{block}\n{end}{tail}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         state["head_input"] = head_input(args, budget)
     state["seconds_this_call"] = time.perf_counter() - t
-    state_path.write_text(json.dumps(state, indent=1) + "\n")
+    atomic_write_text(state_path, json.dumps(state, indent=1) + "\n")
     command = "python -m benchmarks.dino_study " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.write_recipe:
         if "search" not in state or "head_input" not in state:
@@ -284,9 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_docs:
         doc = ROOT / "docs" / "dino.md"
         if "search" in state:
-            _fill(doc, SEARCH_BEGIN, SEARCH_END, search_block(state, command))
+            replace_block(doc, SEARCH_BEGIN, SEARCH_END, search_block(state, command))
         if "head_input" in state:
-            _fill(doc, HEAD_BEGIN, HEAD_END, head_block(state, command))
+            replace_block(doc, HEAD_BEGIN, HEAD_END, head_block(state, command))
         print(f"wrote {doc}")
     return 0
 

@@ -130,3 +130,54 @@ def test_tiny_recipe_gives_targets_that_tell_images_apart(tmp_path):
     assert last["h_mean"] > 0.5 * last["log_k"], last
     assert not any("collapse_warning" in r for r in rows)
     assert math.isfinite(last["loss"])
+
+
+def test_hue_shift_matches_torchvision_and_moves_primaries_around_the_circle():
+    from torchvision.transforms import functional as TF
+
+    from sparo_clip.dino.tensor_crops import shift_hue
+
+    x = torch.rand(6, 3, 5, 5, dtype=torch.float64)
+    x[0] = 0.3  # a grey image has no hue: unchanged
+    shifts = torch.tensor([0.1, -0.1, 0.05, 0.5, -0.37, 0.0], dtype=torch.float64)
+    ours = shift_hue(x, shifts)
+    for i in range(6):
+        assert torch.allclose(ours[i], TF.adjust_hue(x[i], float(shifts[i])), atol=1e-6), i
+    assert torch.allclose(ours[0], x[0])
+    red = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64).view(1, 3, 1, 1)
+    green = shift_hue(red, torch.tensor([1 / 3], dtype=torch.float64))
+    assert torch.allclose(green.flatten(), torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64), atol=1e-9)
+
+
+def test_colour_jitter_is_torchvisions_ops_in_each_views_order_with_dinos_strengths():
+    from torchvision.transforms import functional as TF
+
+    from sparo_clip.dino.tensor_crops import JITTER, jitter
+
+    assert JITTER == (0.4, 0.4, 0.2, 0.1)  # DINO's ColorJitter(0.4, 0.4, 0.2, 0.1)
+    x = torch.rand(4, 3, 6, 6)
+    factors = torch.tensor(
+        [[1.3, 0.7, 1.2, 0.08], [0.6, 1.4, 0.8, -0.1], [1.0, 1.0, 1.0, 0.0], [1.4, 0.6, 0.8, 0.05]]
+    )
+    order = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1], [1, 3, 0, 2]])
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    out = jitter(x, factors, order)
+    for i in range(4):
+        ref = x[i]
+        for op in order[i].tolist():
+            ref = ops[op](ref, float(factors[i, op]))
+        assert torch.allclose(out[i], ref, atol=1e-5), i
+    assert torch.allclose(out[2], x[2], atol=1e-6)  # factors 1 and a zero shift leave the view as it was
+
+
+def test_jittered_views_vary_hue_within_dinos_range_and_keep_grey_grey():
+    images = torch.zeros(64, 3, 8, 8, dtype=torch.uint8)
+    images[:, 0] = 200  # every image pure red on black
+    views = multi_crop(images, CropCfg(8, 4, 0, jitter=1.0), torch.Generator().manual_seed(0))[0] * STD + MEAN
+    rgb = views.mean((2, 3))
+    assert rgb[:, 1].max() > 0.02 or rgb[:, 2].max() > 0.02  # some hue moved off pure red
+    # a 0.1-turn shift at most moves red towards yellow or magenta, never to green or blue (1/3 turn away)
+    assert (rgb[:, 0] >= rgb[:, 1] - 1e-4).all() and (rgb[:, 0] >= rgb[:, 2] - 1e-4).all()
+    grey = torch.full((8, 3, 8, 8), 100, dtype=torch.uint8)
+    g = multi_crop(grey, CropCfg(8, 4, 0, jitter=1.0), torch.Generator().manual_seed(1))[0] * STD + MEAN
+    assert torch.allclose(g[:, 0], g[:, 1], atol=1e-5) and torch.allclose(g[:, 1], g[:, 2], atol=1e-5)

@@ -58,3 +58,34 @@ def test_extensions_stop_after_the_limit(monkeypatch):
     state = dino_study.search(_args(), qs.Budget())
     lr_step = next(s for s in state["steps"] if s["field"] == "lr")
     assert len(lr_step["values"]) == 3 + dino_study.MAX_EXTENSIONS and lr_step["chosen"] == 2.5e-4
+
+
+def test_the_teacher_temperature_warm_up_is_searched_as_one_setting_of_two_fields(monkeypatch):
+    def sharper_start_wins(args, budgets):
+        return [{"twins": {}, "score": 50 + (4 if (b.warmup_teacher_temp, b.warmup_teacher_temp_epochs) == (0.02, 3)
+                                               else 0), "both_learn": True} for b in budgets]  # fmt: skip
+
+    monkeypatch.setattr(dino_study, "candidates", sharper_start_wins)
+    state = dino_study.search(_args(), qs.Budget())
+    step = next(s for s in state["steps"] if s["field"] == "teacher_temp_warmup")
+    assert list(step["values"]) == ["[0.04, 0]", "[0.02, 3]"] and step["start"] == (0.04, 0)
+    assert (state["budget"]["warmup_teacher_temp"], state["budget"]["warmup_teacher_temp_epochs"]) == (
+        0.02,
+        3,
+    )
+    assert state["budget"]["teacher_temp"] == qs.Budget().teacher_temp  # the temperature itself is untouched
+    for r in (r for s in state["steps"] for r in s["values"].values()):  # what the docs table reads of a row
+        r["twins"] = {
+            t: {"knn": 0.5, "knn_init": 0.3, "information": 1.0} for t in ("CLS-DINO", "SPARO-DINO")
+        }
+    block = dino_study.search_block({"search": state}, "cmd")
+    assert "| teacher_temp_warmup | none |" in block
+    assert "| teacher_temp_warmup | from 0.02 over 3 epochs |" in block and block.count("**yes**") == len(
+        state["steps"]
+    )
+    assert "teacher_temp_warmup from 0.02 over 3 epochs." in block
+    # the study's JSON round trip keeps the chosen row marked
+    import json
+
+    again = json.loads(json.dumps({"search": state}))
+    assert dino_study.search_block(again, "cmd") == block

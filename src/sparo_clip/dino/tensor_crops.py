@@ -5,7 +5,8 @@ more in Python per view than a tiny ViT's step on two CPU cores. Here the traini
 into a uint8 tensor (N, 3, S, S), and every view of a whole batch is one ``grid_sample`` of an affine grid per
 image (crop box and flip), so a batch of views costs a few tensor operations. Crops follow torchvision's
 ``RandomResizedCrop`` rule (area share in ``scale``, aspect ratio log-uniform in [3/4, 4/3]); brightness,
-contrast and saturation jitter, greyscale and solarisation are optional per-view tensor operations. Every draw
+contrast, saturation and hue jitter (DINO's strengths, in a random order per view, as torchvision's
+``ColorJitter``), greyscale and solarisation are optional per-view tensor operations. Every draw
 comes from a generator seeded by (seed, step), so a step's views are the same for any number of processes and
 after a resume.
 """
@@ -65,7 +66,7 @@ class CropCfg:
     global_scale: tuple[float, float] = (0.4, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.4)
     flip: float = 0.5
-    jitter: float = 0.0  # probability of brightness / contrast / saturation jitter (strength 0.4 each)
+    jitter: float = 0.0  # probability of DINO's colour jitter (brightness, contrast, saturation, hue: JITTER)
     grayscale: float = 0.0
     solarize: float = 0.0
 
@@ -100,21 +101,70 @@ def crop_views(images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, si
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+# DINO's colour jitter (torchvision ColorJitter(0.4, 0.4, 0.2, 0.1), as lightly's DINOTransform builds it):
+# brightness, contrast and saturation factors uniform in [1 - s, 1 + s], hue shift uniform in [-0.1, 0.1] turns.
+JITTER = (0.4, 0.4, 0.2, 0.1)
+_LUMA = torch.tensor([0.2989, 0.587, 0.114]).view(1, 3, 1, 1)  # torchvision's rgb_to_grayscale
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    return (x * _LUMA).sum(1, keepdim=True)
+
+
+def shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate each image's hue by ``shift`` turns (B,), in HSV, as ``torchvision``'s ``adjust_hue`` on tensors.
+
+    RGB -> HSV (hue in turns), hue + shift mod 1, -> RGB; value and saturation are unchanged, so greys stay.
+    """
+    r, g, b = x.unbind(1)
+    value, _ = x.max(1)
+    low, _ = x.min(1)
+    chroma = value - low
+    saturation = torch.where(value > 0, chroma / value.clamp(min=1e-12), torch.zeros_like(value))
+    c = chroma.clamp(min=1e-12)
+    hue = torch.where(
+        value == r, ((g - b) / c) % 6, torch.where(value == g, (b - r) / c + 2, (r - g) / c + 4)
+    )
+    hue = torch.where(chroma > 0, hue / 6, torch.zeros_like(hue))
+    hue = (hue + shift.view(-1, 1, 1)) % 1.0
+    sector = hue * 6
+    k = torch.stack([(5 + sector) % 6, (3 + sector) % 6, (1 + sector) % 6], dim=1)  # r, g, b
+    return value.unsqueeze(1) - (value * saturation).unsqueeze(1) * (torch.minimum(k, 4 - k).clamp(0, 1))
+
+
+def jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast, saturation and hue (ops 0-3) with ``factors`` (B, 4), in each view's ``order`` (B, 4).
+
+    Each op is torchvision's on float images: brightness scales, contrast blends with the mean grey level,
+    saturation blends with the grey image, each clamped to [0, 1]; hue shifts by ``factors[:, 3]`` turns.
+    """
+    b = x.shape[0]
+    for position in range(4):
+        op = order[:, position].view(b, 1, 1, 1)
+        f = factors.gather(1, order[:, position : position + 1]).view(b, 1, 1, 1)
+        gray = _gray(x)
+        out = torch.where(op == 0, x * f, x)
+        out = torch.where(op == 1, f * x + (1 - f) * gray.mean((2, 3), keepdim=True), out)
+        out = torch.where(op == 2, f * x + (1 - f) * gray, out)
+        if bool((op == 3).any()):
+            out = torch.where(op == 3, shift_hue(x, f.view(b)), out)
+        x = out.clamp(0, 1)
+    return x
+
+
 def _colour(views: torch.Tensor, cfg: CropCfg, gen: torch.Generator) -> torch.Tensor:
     b = views.shape[0]
     if cfg.jitter > 0:
         on = (torch.rand(b, generator=gen) < cfg.jitter).view(b, 1, 1, 1)
-        f = 1 + torch.empty(b, 3).uniform_(-0.4, 0.4, generator=gen)
-        gray = (views * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        jittered = views * f[:, 0].view(b, 1, 1, 1)  # brightness
-        mean = gray.mean((2, 3), keepdim=True)
-        jittered = (jittered - mean) * f[:, 1].view(b, 1, 1, 1) + mean  # contrast
-        jittered = (jittered - gray) * f[:, 2].view(b, 1, 1, 1) + gray  # saturation
-        views = torch.where(on, jittered.clamp(0, 1), views)
+        strength = torch.tensor(JITTER)
+        factors = torch.empty(b, 4).uniform_(-1, 1, generator=gen) * strength + torch.tensor(
+            [1.0, 1.0, 1.0, 0.0]
+        )
+        order = torch.rand(b, 4, generator=gen).argsort(dim=1)  # each view its own order, as ColorJitter
+        views = torch.where(on, jitter(views, factors, order), views)
     if cfg.grayscale > 0:
         on = (torch.rand(b, generator=gen) < cfg.grayscale).view(b, 1, 1, 1)
-        gray = (views * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        views = torch.where(on, gray.expand_as(views), views)
+        views = torch.where(on, _gray(views).expand_as(views), views)
     if cfg.solarize > 0:
         on = (torch.rand(b, generator=gen) < cfg.solarize).view(b, 1, 1, 1)
         views = torch.where(on & (views >= 0.5), 1 - views, views)
