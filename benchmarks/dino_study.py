@@ -221,7 +221,9 @@ def search_block(state: dict[str, Any], command: str) -> str:
     if not all(step["any_learns"] for step in s["steps"]):
         lines += ["", "For at least one setting no value let both twins learn; its best score was kept."]
     b = s["budget"]
-    lines += ["", "Chosen: " + ", ".join(f"{k} {_label(k, _value(b, k))}" for k, _ in AXES) + "."]
+    # a study saved before an axis existed did not search it
+    searched = [step["field"] for step in s["steps"]]
+    lines += ["", "Chosen: " + ", ".join(f"{k} {_label(k, _value(b, k))}" for k in searched) + "."]
     return "\n".join(lines)
 
 

@@ -172,12 +172,38 @@ def test_colour_jitter_is_torchvisions_ops_in_each_views_order_with_dinos_streng
 
 def test_jittered_views_vary_hue_within_dinos_range_and_keep_grey_grey():
     images = torch.zeros(64, 3, 8, 8, dtype=torch.uint8)
-    images[:, 0] = 200  # every image pure red on black
+    images[:, 0] = 200  # every image a flat red (200, 0, 0)
     views = multi_crop(images, CropCfg(8, 4, 0, jitter=1.0), torch.Generator().manual_seed(0))[0] * STD + MEAN
     rgb = views.mean((2, 3))
-    assert rgb[:, 1].max() > 0.02 or rgb[:, 2].max() > 0.02  # some hue moved off pure red
+    # brightness, contrast and saturation keep green equal to blue; only a hue shift tells them apart
+    assert (rgb[:, 1] - rgb[:, 2]).abs().max() > 0.02
     # a 0.1-turn shift at most moves red towards yellow or magenta, never to green or blue (1/3 turn away)
     assert (rgb[:, 0] >= rgb[:, 1] - 1e-4).all() and (rgb[:, 0] >= rgb[:, 2] - 1e-4).all()
     grey = torch.full((8, 3, 8, 8), 100, dtype=torch.uint8)
     g = multi_crop(grey, CropCfg(8, 4, 0, jitter=1.0), torch.Generator().manual_seed(1))[0] * STD + MEAN
     assert torch.allclose(g[:, 0], g[:, 1], atol=1e-5) and torch.allclose(g[:, 1], g[:, 2], atol=1e-5)
+
+
+def test_jitter_draws_dinos_factor_ranges_a_random_order_and_touches_only_the_views_drawn_on(monkeypatch):
+    from sparo_clip.dino import tensor_crops
+
+    seen = {}
+
+    def record(x, factors, order):
+        seen.update(n=x.shape[0], factors=factors, order=order)
+        return torch.zeros_like(x)
+
+    monkeypatch.setattr(tensor_crops, "jitter", record)
+    views = torch.full((4000, 3, 2, 2), 0.5)
+    out = tensor_crops._colour(views, CropCfg(2, 2, 0, jitter=0.5), torch.Generator().manual_seed(0))
+    f, order = seen["factors"], seen["order"]
+    jittered = (out == 0).flatten(1).all(1)
+    assert jittered.sum() == seen["n"] and 1800 < seen["n"] < 2200  # about half, the rest untouched
+    assert ((out[~jittered] == 0.5).all()) and torch.equal(views, torch.full_like(views, 0.5))
+    low, high = f.min(0).values, f.max(0).values
+    expected = torch.tensor([[0.6, 0.6, 0.8, -0.1], [1.4, 1.4, 1.2, 0.1]])
+    assert torch.allclose(low, expected[0], atol=0.01) and torch.allclose(high, expected[1], atol=0.01)
+    assert (low >= expected[0] - 1e-6).all() and (high <= expected[1] + 1e-6).all()
+    assert torch.equal(order.sort(1).values, torch.arange(4).expand_as(order))  # each row a permutation
+    # hue comes first about a quarter of the time
+    assert (order[:, 0] == 3).float().mean().item() == pytest.approx(0.25, abs=0.04)

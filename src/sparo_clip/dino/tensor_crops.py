@@ -138,30 +138,38 @@ def jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch
     Each op is torchvision's on float images: brightness scales, contrast blends with the mean grey level,
     saturation blends with the grey image, each clamped to [0, 1]; hue shifts by ``factors[:, 3]`` turns.
     """
-    b = x.shape[0]
+    x = x.clone()
     for position in range(4):
-        op = order[:, position].view(b, 1, 1, 1)
-        f = factors.gather(1, order[:, position : position + 1]).view(b, 1, 1, 1)
-        gray = _gray(x)
-        out = torch.where(op == 0, x * f, x)
-        out = torch.where(op == 1, f * x + (1 - f) * gray.mean((2, 3), keepdim=True), out)
-        out = torch.where(op == 2, f * x + (1 - f) * gray, out)
-        if bool((op == 3).any()):
-            out = torch.where(op == 3, shift_hue(x, f.view(b)), out)
-        x = out.clamp(0, 1)
+        for op in range(4):
+            # the views whose op at this position is op
+            index = (order[:, position] == op).nonzero().flatten()
+            if index.numel() == 0:
+                continue
+            v, f = x[index], factors[index, op].view(-1, 1, 1, 1)
+            if op == 0:
+                v = v * f
+            elif op == 1:
+                v = f * v + (1 - f) * _gray(v).mean((2, 3), keepdim=True)
+            elif op == 2:
+                v = f * v + (1 - f) * _gray(v)
+            else:
+                v = shift_hue(v, f.flatten())
+            x[index] = v.clamp(0, 1)
     return x
 
 
 def _colour(views: torch.Tensor, cfg: CropCfg, gen: torch.Generator) -> torch.Tensor:
     b = views.shape[0]
     if cfg.jitter > 0:
-        on = (torch.rand(b, generator=gen) < cfg.jitter).view(b, 1, 1, 1)
+        on = torch.rand(b, generator=gen) < cfg.jitter
         strength = torch.tensor(JITTER)
         factors = torch.empty(b, 4).uniform_(-1, 1, generator=gen) * strength + torch.tensor(
             [1.0, 1.0, 1.0, 0.0]
         )
         order = torch.rand(b, 4, generator=gen).argsort(dim=1)  # each view its own order, as ColorJitter
-        views = torch.where(on, jitter(views, factors, order), views)
+        # every draw is made for the whole batch; only the views drawn "on" are jittered
+        views = views.clone()
+        views[on] = jitter(views[on], factors[on], order[on])
     if cfg.grayscale > 0:
         on = (torch.rand(b, generator=gen) < cfg.grayscale).view(b, 1, 1, 1)
         views = torch.where(on, _gray(views).expand_as(views), views)
