@@ -3,6 +3,7 @@ twins learn, and the learning rate's grid extended past a winning edge so that t
 
 import argparse
 import math
+from dataclasses import replace
 
 from benchmarks import dino_study
 from sparo_clip.dino import quickstart as qs
@@ -89,3 +90,41 @@ def test_the_teacher_temperature_warm_up_is_searched_as_one_setting_of_two_field
 
     again = json.loads(json.dumps({"search": state}))
     assert dino_study.search_block(again, "cmd") == block
+
+
+def _lever_candidates(lifted: set[str]):
+    """Stand-in runs: linear shape 0.35 untrained, trained 0.50 for the levers named (both twins), else 0.37."""
+
+    def candidates(args, budgets):
+        out = []
+        base = budgets[0]  # the levers come in LEVERS order, the searched recipe first
+        for b in budgets:
+            name = next(n for n, change in dino_study.LEVERS if replace(base, **change) == b)
+            trained = 0.50 if name in lifted else 0.37
+            twin = {"knn": 0.5, "knn_init": 0.3, "linear": 0.4, "linear_init": 0.35, "linear_shape": trained,
+                    "linear_shape_init": 0.35, "information": 1.0}  # fmt: skip
+            out.append(
+                {"twins": {"CLS-DINO": twin, "SPARO-DINO": dict(twin)}, "score": 0.5, "both_learn": True}
+            )
+        return out
+
+    return candidates
+
+
+def test_the_lever_screen_applies_its_rule_and_says_plainly_when_nothing_lifts_shape(monkeypatch):
+    monkeypatch.setattr(dino_study, "candidates", _lever_candidates(set()))
+    state = {"levers": dino_study.levers(_args(), qs.Budget())}
+    assert list(state["levers"]["rows"]) == [name for name, _ in dino_study.LEVERS]
+    assert not any(r["lifts_shape"] for r in state["levers"]["rows"].values())  # +2 points is below the rule
+    block = dino_study.levers_block(state, "cmd")
+    assert "No lever lifts shape" in block and "| twice the steps | 37.0 (35.0) |" in block
+
+    monkeypatch.setattr(dino_study, "candidates", _lever_candidates({"8 local crops"}))
+    state = {"levers": dino_study.levers(_args(), qs.Budget())}
+    assert [n for n, r in state["levers"]["rows"].items() if r["lifts_shape"]] == ["8 local crops"]
+    assert "Levers that lift shape: 8 local crops." in dino_study.levers_block(state, "cmd")
+
+
+def test_the_lever_stage_needs_the_search_first(tmp_path, capsys):
+    assert dino_study.main(["--stage", "levers", "--out", str(tmp_path)]) == 2
+    assert "run --stage search first" in capsys.readouterr().err
