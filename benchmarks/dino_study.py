@@ -264,7 +264,7 @@ def levers_block(state: dict[str, Any], command: str) -> str:
         "linear probe reads the teacher (trained) and the same encoder at initialisation (untrained), on shape "
         f"(4 classes, chance 25) and on the 24 colour-shape classes. The rule, fixed before the runs: a lever lifts "
         f"shape if both twins' linear shape top-1 rises by at least {round(100 * LIFT)} points over the untrained "
-        "encoder. The supervised control above is the ceiling (shape about 96 with labels).",
+        "encoder. The supervised control above is the ceiling.",
         "",
         "| lever | CLS-DINO shape | SPARO-DINO shape | CLS-DINO classes | SPARO-DINO classes | CLS / SPARO kNN | both learn | lifts shape |",
         "|---|---|---|---|---|---|---|---|",
