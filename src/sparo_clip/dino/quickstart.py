@@ -268,7 +268,7 @@ def _finish(job: Job, proc: subprocess.Popen, run: Path) -> None:
     if proc.returncode != 0:
         err = _stderr_file(run)
         raise RuntimeError(f"training {job.name} seed {job.seed} failed ({last_line(err)}); see {err}")
-    (run / "done.json").write_text(json.dumps(asdict(job.budget)) + "\n")
+    atomic_write_text(run / "done.json", json.dumps(asdict(job.budget)) + "\n")
 
 
 def prepare_world(budget: Budget, out: Path, seed: int, world: WorldCfg) -> tuple[dict[str, Any], str]:
@@ -299,7 +299,7 @@ def evaluate_run(job: Job, run: Path, probes: dict[str, Any]) -> dict[str, Any]:
         "init": probe(init, probes, run / "probe" / "init", job.budget.probe_args),
         "diagnostics": diagnostics(run),
     }
-    cache.write_text(json.dumps({"key": key, "result": result}) + "\n")
+    atomic_write_text(cache, json.dumps({"key": key, "result": result}) + "\n")
     return result
 
 
@@ -495,7 +495,7 @@ def write_docs(block: str, doc: Path) -> None:
         raise ValueError(f"{doc}: no {BEGIN} ... {END} block to fill")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    doc.write_text(f"{head}{BEGIN}\n{block}\n{END}{tail}")
+    atomic_write_text(doc, f"{head}{BEGIN}\n{block}\n{END}{tail}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -544,8 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     table, diag = report_table(report), diagnostics_table(report)
     factors = factor_block(report)
     table += f"\n\n{factors}" if factors else ""
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / "report.md").write_text(f"{reading(report)}\n\n{table}\n\n{diag}\n")
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(out / "report.md", f"{reading(report)}\n\n{table}\n\n{diag}\n")
     print(f"{reading(report)}\n\n{table}\n\n{diag}")
     if args.write_docs:
         img = ROOT / "docs" / "img" / "dino" / "slot_attention.png"
