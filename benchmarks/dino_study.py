@@ -13,8 +13,8 @@
    to norm sqrt(L V), or through a LayerNorm, on ``--seeds`` worlds of their own (seeds 100, 101, ...), each
    variant paired by seed with ``unit``. Rule, fixed before the runs: another input becomes the default only
    if its kNN top-1 over all classes beats ``unit`` with a paired 95% t interval above 0.
-3. **Levers** (``--stage levers``, after the search; exploratory, one seed): both twins under the searched
-   recipe changed in one way at a time (:data:`LEVERS`: more steps, a larger batch, more local crops, a larger
+3. **Levers** (``--stage levers``; exploratory, one seed): both twins under the recipe the job runs
+   (``recipe.json``) changed in one way at a time (:data:`LEVERS`: more steps, a larger batch, more local crops, a larger
    learning rate), scored on the linear probe of shape against the untrained encoder (rule: :data:`LIFT`).
 4. ``--write-recipe`` writes the chosen budget into ``sparo_clip/dino/recipe.json`` (what
    ``python -m sparo_clip.dino.quickstart`` runs); ``--write-docs`` writes the search, the ablation and the levers into
@@ -60,16 +60,18 @@ EXTEND = (
 MAX_EXTENSIONS = 2
 HEAD_INPUTS = ("unit", "sqrt_dim", "layernorm")
 # Stage 3 (exploratory, one seed): does any of the recipe's obvious levers make shape linearly readable? Each
-# changes the searched recipe in one way; "steps" as many images per step and twice the steps, "batch" twice the
-# images per step and the same steps.
-LEVERS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("the searched recipe", {}),
-    ("twice the steps", {"epochs": 40}),
-    ("batch 128 (same steps)", {"batch": 128, "epochs": 40}),
-    ("8 local crops", {"local_crops": 8}),
-    ("4x the learning rate", {"lr": 4e-3}),
+# changes the recipe the job runs in one way, relative to its own values. "Twice the batch" keeps the steps (so
+# twice the epochs); the peak lr scales with the batch and the warm-up is counted in epochs, as in DINO.
+LEVERS: tuple[tuple[str, Any], ...] = (
+    ("the recipe", lambda b: {}),
+    ("twice the steps", lambda b: {"epochs": 2 * b.epochs}),
+    ("twice the batch, same steps", lambda b: {"batch": 2 * b.batch, "epochs": 2 * b.epochs}),
+    ("twice the local crops", lambda b: {"local_crops": 2 * b.local_crops}),
+    ("4x the learning rate", lambda b: {"lr": 4 * b.lr}),
 )
 LIFT = 0.10  # the rule, fixed before the runs: a lever lifts shape if both twins' linear shape top-1 rises >= 10 points
+EARLIER = "an earlier call of python -m benchmarks.dino_study"  # a study saved before calls were recorded
+_EPS = 1e-6  # accuracies are float32: an exact 10-point rise must count
 LEVERS_BEGIN, LEVERS_END = "<!-- dino-shape-levers:begin -->", "<!-- dino-shape-levers:end -->"
 SEARCH_BEGIN, SEARCH_END = "<!-- dino-recipe-search:begin -->", "<!-- dino-recipe-search:end -->"
 HEAD_BEGIN, HEAD_END = "<!-- dino-head-input:begin -->", "<!-- dino-head-input:end -->"
@@ -215,22 +217,31 @@ def levers(args: argparse.Namespace, budget: qs.Budget) -> dict[str, Any]:
     """Both twins under each of :data:`LEVERS` on the tuning world: probes of both weights and whether both
     twins learn; a lever lifts shape when both twins' linear shape top-1 rises by :data:`LIFT` over the untrained
     encoder."""
-    found = candidates(args, [replace(budget, **change) for _, change in LEVERS])
+    changes = [change(budget) for _, change in LEVERS]
+    found = candidates(args, [replace(budget, **change) for change in changes])
     rows = {}
-    for (name, change), r in zip(LEVERS, found, strict=True):
-        gains = [t["linear_shape"] - t["linear_shape_init"] for t in r["twins"].values()]
-        rows[name] = r | {"change": change, "lifts_shape": all(g >= LIFT for g in gains)}
-    return {"rows": rows, "tune_seed": args.tune_seed, "budget": asdict(budget)}
+    for (name, _), change, r in zip(LEVERS, changes, found, strict=True):
+        shape = [(t["linear_shape"], t["linear_shape_init"]) for t in r["twins"].values()]
+        if any(v is None for pair in shape for v in pair):
+            raise RuntimeError(
+                f"lever {name!r}: the tuning world has no shape probe (rebuild it: --out, a new folder)"
+            )
+        rows[name] = r | {"change": change, "lifts_shape": all(a - b >= LIFT - _EPS for a, b in shape)}
+    return {"rows": rows, "tune_seed": args.tune_seed, "budget": asdict(budget), "world": _world_size()}
+
+
+def _world_size() -> dict[str, int]:
+    return {"colours": len(qs.WORLD.colors), "shapes": len(qs.WORLD.shapes)}
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
-def search_block(state: dict[str, Any], command: str) -> str:
+def search_block(state: dict[str, Any]) -> str:
     s = state["search"]
     lines = [
-        f"Written by `{command}` on the tuning world (seed {s['tune_seed']}, one seed per candidate; each "
+        f"Written by `{s.get('command', EARLIER)}` on the tuning world (seed {s['tune_seed']}, one seed per candidate; each "
         "setting varied with the others at their current values, in this order). Score: mean kNN top-1 (k = 20, "
         "all classes) of the two trained twins; a value is eligible only if both twins learn (no collapse "
         f"warning; at the end H(mean t) - H(t|x) >= {MIN_INFORMATION} log K and H(mean t) >= {MIN_SPREAD} log K).",
@@ -256,13 +267,17 @@ def search_block(state: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
-def levers_block(state: dict[str, Any], command: str) -> str:
+def levers_block(state: dict[str, Any]) -> str:
     lv = state["levers"]
+    world = lv.get("world", _world_size())  # a study saved before the screen recorded its world: the job's
+    n_shapes, n_classes = world["shapes"], world["shapes"] * world["colours"]
     lines = [
-        f"Written by `{command}` on the tuning world (seed {lv['tune_seed']}; one seed per lever, so this is a "
-        "screen, not a comparison). Each row changes the searched recipe in one way and trains both twins; the "
-        "linear probe reads the teacher (trained) and the same encoder at initialisation (untrained), on shape "
-        f"(4 classes, chance 25) and on the 24 colour-shape classes. The rule, fixed before the runs: a lever lifts "
+        f"Written by `{lv.get('command', EARLIER)}` on the tuning world (seed {lv['tune_seed']}; one seed per "
+        "lever, so this is a screen, not a comparison). Each row changes the recipe the job runs in one way and "
+        "trains both twins (twice the batch keeps the steps; its peak lr scales with the batch and its warm-up "
+        "is counted in epochs, as in DINO); the linear probe reads the teacher (trained) and the same encoder at "
+        f"initialisation (untrained), on shape ({n_shapes} classes, chance {100 / n_shapes:.0f}) and on the "
+        f"{n_classes} colour-shape classes. The rule, fixed before the runs: a lever lifts "
         f"shape if both twins' linear shape top-1 rises by at least {round(100 * LIFT)} points over the untrained "
         "encoder. The supervised control above is the ceiling.",
         "",
@@ -278,16 +293,15 @@ def levers_block(state: dict[str, Any], command: str) -> str:
         )
     lifted = [name for name, r in lv["rows"].items() if r["lifts_shape"]]
     lines += ["", "Trained (untrained) linear-probe top-1 %. " + (
-        f"Levers that lift shape: {', '.join(lifted)}." if lifted else
-        "No lever lifts shape: at this scale the self-supervised recipe does not make shape linearly readable, "
-        "whatever of these it is given.")]  # fmt: skip
+        f"Levers that met the rule on this seed: {', '.join(lifted)}." if lifted else
+        "No lever met the rule on this seed.")]  # fmt: skip
     return "\n".join(lines)
 
 
-def head_block(state: dict[str, Any], command: str) -> str:
+def head_block(state: dict[str, Any]) -> str:
     h = state["head_input"]
     lines = [
-        f"Written by `{command}`: SPARO-DINO with the searched recipe on {len(h['seeds'])} worlds of their own "
+        f"Written by `{h.get('command', EARLIER)}`: SPARO-DINO with the searched recipe on {len(h['seeds'])} worlds of their own "
         f"(seeds {', '.join(map(str, h['seeds']))}). Top-1 %, mean over seeds; the differences are each input "
         "minus `unit`, paired by seed, with their 95% t intervals. The rule, fixed before the runs: another input "
         "becomes the default only if its kNN top-1 over all classes beats `unit` with an interval above 0.",
@@ -344,8 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     state_path = out / "study.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     t = time.perf_counter()
+    command = "python -m benchmarks.dino_study " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.stage in ("search", "all"):
-        state["search"] = search(args, qs.Budget())
+        state["search"] = search(args, qs.Budget()) | {"command": command}
     if args.stage in ("head-input", "all"):
         if "search" not in state:
             print(
@@ -356,24 +371,11 @@ def main(argv: list[str] | None = None) -> int:
         budget = qs.Budget(
             **(state["search"]["budget"] | {"probe_args": tuple(state["search"]["budget"]["probe_args"])})
         )
-        state["head_input"] = head_input(args, budget)
-    if args.stage == "levers":
-        if "search" not in state:
-            print(
-                "dino-study: error: run --stage search first (the levers change its recipe)",
-                file=sys.stderr,
-            )
-            return 2
-        budget = qs.Budget(
-            **(state["search"]["budget"] | {"probe_args": tuple(state["search"]["budget"]["probe_args"])})
-        )
-        # the recipe the job runs: the search's budget with the ablation's head input
-        if "head_input" in state:
-            budget = replace(budget, head_input=state["head_input"]["chosen"])
-        state["levers"] = levers(args, budget)
+        state["head_input"] = head_input(args, budget) | {"command": command}
+    if args.stage == "levers":  # on the recipe the main job runs (recipe.json)
+        state["levers"] = levers(args, qs.load_budget()[0]) | {"command": command}
     state["seconds_this_call"] = time.perf_counter() - t
     atomic_write_text(state_path, json.dumps(state, indent=1) + "\n")
-    command = "python -m benchmarks.dino_study " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.write_recipe:
         if "search" not in state or "head_input" not in state:
             print("dino-study: error: --write-recipe needs both stages in the cache", file=sys.stderr)
@@ -387,11 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_docs:
         doc = ROOT / "docs" / "dino.md"
         if "search" in state:
-            replace_block(doc, SEARCH_BEGIN, SEARCH_END, search_block(state, command))
+            replace_block(doc, SEARCH_BEGIN, SEARCH_END, search_block(state))
         if "head_input" in state:
-            replace_block(doc, HEAD_BEGIN, HEAD_END, head_block(state, command))
+            replace_block(doc, HEAD_BEGIN, HEAD_END, head_block(state))
         if "levers" in state:
-            replace_block(doc, LEVERS_BEGIN, LEVERS_END, levers_block(state, command))
+            replace_block(doc, LEVERS_BEGIN, LEVERS_END, levers_block(state))
         print(f"wrote {doc}")
     return 0
 

@@ -2,8 +2,12 @@
 twins learn, and the learning rate's grid extended past a winning edge so that the choice is bracketed."""
 
 import argparse
+import json
 import math
 from dataclasses import replace
+
+import pytest
+import torch
 
 from benchmarks import dino_study
 from sparo_clip.dino import quickstart as qs
@@ -79,7 +83,7 @@ def test_the_teacher_temperature_warm_up_is_searched_as_one_setting_of_two_field
         r["twins"] = {
             t: {"knn": 0.5, "knn_init": 0.3, "information": 1.0} for t in ("CLS-DINO", "SPARO-DINO")
         }
-    block = dino_study.search_block({"search": state}, "cmd")
+    block = dino_study.search_block({"search": state})
     assert "| teacher_temp_warmup | none |" in block
     assert "| teacher_temp_warmup | from 0.02 over 3 epochs |" in block and block.count("**yes**") == len(
         state["steps"]
@@ -89,42 +93,75 @@ def test_the_teacher_temperature_warm_up_is_searched_as_one_setting_of_two_field
     import json
 
     again = json.loads(json.dumps({"search": state}))
-    assert dino_study.search_block(again, "cmd") == block
+    assert dino_study.search_block(again) == block
 
 
-def _lever_candidates(lifted: set[str]):
-    """Stand-in runs: linear shape 0.35 untrained, trained 0.50 for the levers named (both twins), else 0.37."""
+def _lever_candidates(gains: dict[str, tuple[float | None, float]]):
+    """Stand-in runs: linear shape 0.33125 untrained; trained = untrained + the lever's (CLS, SPARO) gain (0.02
+    for the levers not named; None: a world without a shape probe)."""
 
     def candidates(args, budgets):
         out = []
-        base = budgets[0]  # the levers come in LEVERS order, the searched recipe first
+        base = budgets[0]  # the levers come in LEVERS order, the recipe first
         for b in budgets:
-            name = next(n for n, change in dino_study.LEVERS if replace(base, **change) == b)
-            trained = 0.50 if name in lifted else 0.37
-            twin = {"knn": 0.5, "knn_init": 0.3, "linear": 0.4, "linear_init": 0.35, "linear_shape": trained,
-                    "linear_shape_init": 0.35, "information": 1.0}  # fmt: skip
-            out.append(
-                {"twins": {"CLS-DINO": twin, "SPARO-DINO": dict(twin)}, "score": 0.5, "both_learn": True}
-            )
+            name = next(n for n, change in dino_study.LEVERS if replace(base, **change(base)) == b)
+            twins = {}
+            for twin, gain in zip(("CLS-DINO", "SPARO-DINO"), gains.get(name, (0.02, 0.02)), strict=True):
+                shape = None if gain is None else torch.tensor(0.33125 + gain).float().item()
+                twins[twin] = {"knn": 0.5, "knn_init": 0.3, "linear": 0.4, "linear_init": 0.35,
+                               "linear_shape": shape, "linear_shape_init": 0.33125, "information": 1.0}  # fmt: skip
+            out.append({"twins": twins, "score": 0.5, "both_learn": True})
         return out
 
     return candidates
 
 
-def test_the_lever_screen_applies_its_rule_and_says_plainly_when_nothing_lifts_shape(monkeypatch):
-    monkeypatch.setattr(dino_study, "candidates", _lever_candidates(set()))
+def test_the_lever_screen_applies_its_rule_and_says_plainly_when_nothing_met_it(monkeypatch):
+    monkeypatch.setattr(dino_study, "candidates", _lever_candidates({}))
+    budget = qs.Budget(epochs=10, lr=5e-4)
+    state = {"levers": dino_study.levers(_args(), budget)}
+    rows = state["levers"]["rows"]
+    assert list(rows) == [name for name, _ in dino_study.LEVERS]
+    # every lever is relative to the recipe it is given
+    assert rows["twice the steps"]["change"] == {"epochs": 20} and rows["4x the learning rate"]["change"] == {
+        "lr": 2e-3
+    }
+    assert not any(r["lifts_shape"] for r in rows.values())  # +2 points is below the rule
+    block = dino_study.levers_block(state)
+    assert "No lever met the rule on this seed." in block and "| twice the steps | 35.1 (33.1) |" in block
+    assert (
+        "shape (4 classes, chance 25) and on the 24 colour-shape classes" in block
+    )  # from the world's vocabulary
+    assert block.startswith(f"Written by `{dino_study.EARLIER}`")  # no call recorded in this state
+    del state["levers"]["world"]  # a study saved before the world was recorded still renders
+    assert dino_study.levers_block(state) == block
+
+
+def test_a_lever_lifts_shape_only_when_both_twins_rise_by_ten_points_exactly_ten_included(monkeypatch):
+    gains = {
+        "twice the local crops": (0.10, 0.10),
+        "twice the steps": (0.30, 0.05),
+        "4x the learning rate": (0.0999, 0.2),
+    }
+    monkeypatch.setattr(dino_study, "candidates", _lever_candidates(gains))
     state = {"levers": dino_study.levers(_args(), qs.Budget())}
-    assert list(state["levers"]["rows"]) == [name for name, _ in dino_study.LEVERS]
-    assert not any(r["lifts_shape"] for r in state["levers"]["rows"].values())  # +2 points is below the rule
-    block = dino_study.levers_block(state, "cmd")
-    assert "No lever lifts shape" in block and "| twice the steps | 37.0 (35.0) |" in block
-
-    monkeypatch.setattr(dino_study, "candidates", _lever_candidates({"8 local crops"}))
-    state = {"levers": dino_study.levers(_args(), qs.Budget())}
-    assert [n for n, r in state["levers"]["rows"].items() if r["lifts_shape"]] == ["8 local crops"]
-    assert "Levers that lift shape: 8 local crops." in dino_study.levers_block(state, "cmd")
+    assert [n for n, r in state["levers"]["rows"].items() if r["lifts_shape"]] == ["twice the local crops"]
+    assert "Levers that met the rule on this seed: twice the local crops." in dino_study.levers_block(state)
 
 
-def test_the_lever_stage_needs_the_search_first(tmp_path, capsys):
-    assert dino_study.main(["--stage", "levers", "--out", str(tmp_path)]) == 2
-    assert "run --stage search first" in capsys.readouterr().err
+def test_a_world_without_a_shape_probe_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(dino_study, "candidates", _lever_candidates({"twice the steps": (None, 0.1)}))
+    with pytest.raises(RuntimeError, match="no shape probe"):
+        dino_study.levers(_args(), qs.Budget())
+
+
+def test_each_block_names_the_call_that_computed_its_stage(monkeypatch, tmp_path):
+    monkeypatch.setattr(dino_study, "candidates", _lever_candidates({}))
+    recipe = qs.Budget(epochs=7)
+    monkeypatch.setattr(qs, "load_budget", lambda path=None: (recipe, "recipe"))
+    out = tmp_path / "cache"
+    assert dino_study.main(["--stage", "levers", "--out", str(out)]) == 0
+    state = json.loads((out / "study.json").read_text())
+    assert state["levers"]["command"] == f"python -m benchmarks.dino_study --stage levers --out {out}"
+    assert state["levers"]["budget"]["epochs"] == 7  # the recipe the job runs, not the search's start
+    assert dino_study.levers_block(state).startswith(f"Written by `{state['levers']['command']}`")
