@@ -36,6 +36,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from sparo_clip.checkpoints.files import atomic_write_text
 from sparo_clip.data.captions import world_tasks
 from sparo_clip.data.sets import (
     SizeCfg,
@@ -141,7 +142,8 @@ def generate(
         "sugarcrepe_val": sugarcrepe_val,
         "binding": binding,
     }
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")  # written last: marks a complete folder
+    # written last, atomically: marks a complete folder (a kill leaves no manifest, never a torn one)
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
