@@ -38,7 +38,9 @@ from typing import Any
 from benchmarks.common import replace_block
 from sparo_clip.checkpoints.files import atomic_write_text
 from sparo_clip.dino import quickstart as qs
+from sparo_clip.errors import SparoClipError, one_line
 from sparo_clip.experiment.stats import t_interval
+from sparo_clip.inputs import check_writable_folder
 
 _logger = logging.getLogger("benchmarks.dino_study")
 ROOT = Path(__file__).resolve().parents[1]
@@ -352,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[dino-study] %(message)s")
     if args.seeds < 2:
         print("dino-study: error: --seeds must be >= 2 (a paired interval needs two seeds)", file=sys.stderr)
+        return 2
+    try:
+        check_writable_folder(args.out, "--out")
+    except SparoClipError as e:
+        print(f"dino-study: error: {one_line(e)}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -165,3 +165,12 @@ def test_each_block_names_the_call_that_computed_its_stage(monkeypatch, tmp_path
     assert state["levers"]["command"] == f"python -m benchmarks.dino_study --stage levers --out {out}"
     assert state["levers"]["budget"]["epochs"] == 7  # the recipe the job runs, not the search's start
     assert dino_study.levers_block(state).startswith(f"Written by `{state['levers']['command']}`")
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert dino_study.main(["--stage", "levers", "--out", str(blocker / "cache")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dino-study: error: --out") and "is a file" in err and len(err.splitlines()) == 1
+    assert not (blocker.parent / "cache").exists()
