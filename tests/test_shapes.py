@@ -327,25 +327,3 @@ def test_cli_small_world(tmp_path, capsys):
     manifest = json.loads((tmp_path / "dataset.json").read_text())
     assert manifest["settings"]["sizes"] == vars(SMALL_SIZES)
     assert manifest["test"]["groups"] == {"seen": SMALL_SIZES.test // 2, "novel": SMALL_SIZES.test // 2}
-
-
-def test_a_kill_while_the_manifest_is_written_leaves_no_manifest_and_the_next_run_regenerates(
-    tmp_path, monkeypatch
-):
-    import os
-
-    from sparo_clip.checkpoints import files
-
-    def killed(src, dst):  # the process dies between writing the temporary file and renaming it
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(files.os, "replace", killed)
-        with pytest.raises(KeyboardInterrupt):
-            generate(tmp_path, sizes=SMALL)
-    assert not (tmp_path / "dataset.json").exists()  # never a torn manifest that a rerun would trust
-    assert not [
-        p for p in os.listdir(tmp_path) if p.startswith("dataset.json") or p.startswith(".dataset.json")
-    ]
-    manifest = generate(tmp_path, sizes=SMALL)  # the folder is incomplete, so it is generated again
-    assert (tmp_path / "dataset.json").is_file() and manifest["seen"]

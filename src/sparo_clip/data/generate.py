@@ -36,7 +36,6 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from sparo_clip.checkpoints.files import atomic_write_text
 from sparo_clip.data.captions import world_tasks
 from sparo_clip.data.sets import (
     SizeCfg,
@@ -142,8 +141,7 @@ def generate(
         "sugarcrepe_val": sugarcrepe_val,
         "binding": binding,
     }
-    # written last, atomically: marks a complete folder (a kill leaves no manifest, never a torn one)
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")  # written last: marks a complete folder
     return manifest
 
 
