@@ -9,7 +9,6 @@ import json
 import os
 import platform
 import random
-import re
 import statistics
 import time
 from collections.abc import Callable
@@ -204,16 +203,6 @@ def captions(count: int, seed: int = 0, min_words: int = 8, max_words: int = 20)
         " ".join(rng.choice(_CAPTION_WORDS) for _ in range(rng.randint(min_words, max_words)))
         for _ in range(count)
     ]
-
-
-def replace_block(path: Path, begin: str, end: str, text: str) -> None:
-    """Replace what stands between the markers ``begin`` and ``end`` in ``path`` with ``text`` (atomically)."""
-    doc = path.read_text()
-    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    if not pattern.search(doc):
-        raise ValueError(f"{path} has no '{begin}' ... '{end}' block to fill")
-    block = f"{begin}\n{text}\n{end}"
-    atomic_write_text(path, pattern.sub(lambda _: block, doc, count=1))
 
 
 def add_machine_args(p: argparse.ArgumentParser) -> None:

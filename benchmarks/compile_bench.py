@@ -34,6 +34,7 @@ import open_clip
 import torch
 
 import sparo_clip
+from sparo_clip.checkpoints.files import replace_block
 
 from .common import (
     Env,
@@ -44,7 +45,6 @@ from .common import (
     machine_env,
     machine_info,
     median,
-    replace_block,
     save_result,
 )
 

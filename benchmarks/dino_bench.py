@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from sparo_clip.checkpoints.files import replace_block
 from sparo_clip.dino import DinoNet, load_config, parity
 from sparo_clip.dino.lightly_api import require_lightly
 
@@ -35,7 +36,6 @@ from .common import (
     machine_info,
     median,
     peak_tensor_bytes,
-    replace_block,
     save_result,
 )
 

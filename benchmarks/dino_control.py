@@ -28,10 +28,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from sparo_clip.checkpoints.files import replace_block
 from sparo_clip.errors import DataError, SparoClipError, UnreadableImage, one_line
 from sparo_clip.inputs import check_writable_folder, read_image
 
-from .common import replace_block, save_result
+from .common import save_result
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent

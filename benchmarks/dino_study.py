@@ -35,8 +35,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import replace_block
-from sparo_clip.checkpoints.files import atomic_write_text
+from sparo_clip.checkpoints.files import atomic_write_text, replace_block
 from sparo_clip.dino import quickstart as qs
 from sparo_clip.errors import SparoClipError, one_line
 from sparo_clip.experiment.stats import t_interval

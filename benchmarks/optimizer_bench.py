@@ -22,9 +22,10 @@ import torch
 from open_clip.loss import ClipLoss
 
 import sparo_clip  # noqa: F401  (registers the SPARO configs)
+from sparo_clip.checkpoints.files import replace_block
 from sparo_clip.training.run import fused_adamw
 
-from .common import Env, captions, interleaved, median, replace_block, save_result
+from .common import Env, captions, interleaved, median, save_result
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("tiny-CLIP", "tiny-SPARO")

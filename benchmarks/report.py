@@ -6,7 +6,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .common import replace_block
+from sparo_clip.checkpoints.files import replace_block
+
 from .readout_bench import ReadoutShape
 
 BEGIN = "<!-- benchmark-results:begin -->"

@@ -9,12 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sparo_clip.checkpoints.files import atomic_write_text
+from sparo_clip.checkpoints.files import atomic_write_text, replace_block
 from sparo_clip.commands.quickstart_report import mean_sd
 from sparo_clip.experiment.metrics import BY_LABEL, CONTROL_RANGE, METRICS, PRIMARY, SECONDARY
 from sparo_clip.experiment.stats import PLATEAU_TOLERANCE, PLATEAU_WINDOW, plateau
-
-from .common import replace_block
 
 CURVE_BEGIN, CURVE_END = "<!-- plateau-curve:begin -->", "<!-- plateau-curve:end -->"
 PAPER_SCALE = (

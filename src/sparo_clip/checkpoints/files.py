@@ -97,6 +97,21 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return _write_atomically(Path(path), lambda f: f.write(text.encode("utf-8")))
 
 
+def replace_block(path: Path, begin: str, end: str, text: str) -> None:
+    """Replace what stands between the markers ``begin`` and ``end`` in ``path`` with ``text`` (atomically): how
+    every command that measures something writes its numbers into a doc.
+
+    Raises:
+        ValueError: ``path`` has no such block.
+    """
+    doc = path.read_text()
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(doc):
+        raise ValueError(f"{path}: no {begin} ... {end} block to fill")
+    block = f"{begin}\n{text}\n{end}"
+    atomic_write_text(path, pattern.sub(lambda _: block, doc, count=1))
+
+
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` to ``path`` atomically (temporary file + fsync + rename in the same folder).
 

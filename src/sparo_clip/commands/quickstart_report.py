@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from sparo_clip.checkpoints.files import replace_block
 from sparo_clip.experiment.metrics import BY_LABEL, CONTROL_RANGE, METRICS, PRIMARY, SECONDARY
 from sparo_clip.experiment.stats import PLATEAU_TOLERANCE, PLATEAU_WINDOW, plateau
 
@@ -340,8 +341,8 @@ def write_docs(summary: dict[str, Any], seconds: float, path: Path = DOCS) -> No
             f"({total / 60:.1f} min) in all"
         )
     text += ".\n"
-    _fill(path, BEGIN, END, text)
-    _fill(path, MODELS_BEGIN, MODELS_END, models_table(summary))
+    replace_block(path, BEGIN, END, text.rstrip("\n"))
+    replace_block(path, MODELS_BEGIN, MODELS_END, models_table(summary).rstrip("\n"))
 
 
 def models_table(summary: dict[str, Any]) -> str:
@@ -372,11 +373,3 @@ def models_table(summary: dict[str, Any]) -> str:
         rows.append(f"| {name} | " + " | ".join(fn(c) for c in cfgs.values()) + " |")
     rows.append("| parameters | " + " | ".join(f"{summary['parameters'][k]:,}" for k in MODELS) + " |")
     return "\n".join(rows)
-
-
-def _fill(path: Path, begin: str, end: str, text: str) -> None:
-    doc = path.read_text()
-    if begin not in doc or end not in doc:
-        raise ValueError(f"{path} has no {begin} ... {end} block to fill")
-    start, stop = doc.index(begin) + len(begin), doc.index(end)
-    path.write_text(doc[:start] + "\n" + text.rstrip("\n") + "\n" + doc[stop:])

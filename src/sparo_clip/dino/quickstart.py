@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from sparo_clip.checkpoints.files import atomic_save, atomic_write_text
+from sparo_clip.checkpoints.files import atomic_save, atomic_write_text, replace_block
 from sparo_clip.data.generate import generate
 from sparo_clip.data.sets import SizeCfg
 from sparo_clip.data.world import WorldCfg
@@ -490,12 +490,7 @@ def factor_block(report: dict[str, Any]) -> str:
 
 
 def write_docs(block: str, doc: Path) -> None:
-    text = doc.read_text()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{doc}: no {BEGIN} ... {END} block to fill")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    atomic_write_text(doc, f"{head}{BEGIN}\n{block}\n{END}{tail}")
+    replace_block(doc, BEGIN, END, block)
 
 
 def build_parser() -> argparse.ArgumentParser:
